@@ -1,0 +1,175 @@
+"""Teacher outputs on a target set: one streaming forward pass, summarised for every metric.
+
+For a teacher with pre-logit features phi(x) in R^d, a head with K_t outputs and predictions
+p(x) = softmax(logits(x) / T), and N labeled target images with labels y_n in {0..K_s-1},
+the pass accumulates, without ever holding the N x K_t prediction matrix in memory:
+
+- the soft joint        J = (1/N) sum_n p(x_n) e_{y_n}^T                     (K_t x K_s)
+- the hard joint        H = (1/N) sum_n e_{argmax p(x_n)} e_{y_n}^T          (K_t x K_s)
+- class feature sums    S_j = sum_{n: y_n = j} phi(x_n)                      (K_s x d)
+- the features phi(x_n) themselves (N x d, for feature-based metrics),
+- the top-5 teacher classes of each image (for the per-image view),
+- the logits, streamed to an on-disk float16 array, for metrics needing a second pass (LEEP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TOP_K = 5
+
+
+def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float32, numerically stable."""
+    z = logits.astype(np.float32, copy=False) / np.float32(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+@dataclass
+class TeacherOutputs:
+    """Everything the metrics, plans and views need from one teacher on one target set.
+
+    Arrays use numpy; ``labels`` are contiguous target class indices. ``logits`` is either an
+    in-memory array or a read-only ``np.memmap`` of shape (N, K_t); metrics must read it through
+    :meth:`iter_probabilities` so that memory stays independent of N x K_t.
+    """
+
+    teacher: str
+    teacher_labels: list[str]
+    target_labels: list[str]
+    labels: np.ndarray  # (N,) int64
+    joint: np.ndarray  # (K_t, K_s) float64, sums to 1
+    hard_joint: np.ndarray  # (K_t, K_s) float64, sums to 1
+    class_feature_sums: np.ndarray  # (K_s, d) float64
+    features: np.ndarray  # (N, d) float32
+    top_classes: np.ndarray  # (N, k) int64
+    top_probs: np.ndarray  # (N, k) float32
+    logits: np.ndarray  # (N, K_t) float16, possibly memmap
+    head_weight: np.ndarray | None = None  # (K_t, d) float32 when the head is linear
+    temperature: float = 1.0
+    image_ids: list[str] = field(default_factory=list)  # one id (relative path) per row
+    timing: dict[str, float] = field(default_factory=dict)
+    source_dir: Path | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_teacher_classes(self) -> int:
+        return int(self.joint.shape[0])
+
+    @property
+    def num_target_classes(self) -> int:
+        return int(self.joint.shape[1])
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Number of images per target class, shape (K_s,)."""
+        return np.bincount(self.labels, minlength=self.num_target_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def iter_probabilities(self, chunk_size: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(rows, p)`` with p = softmax(logits[rows] / T) as float32, chunk by chunk."""
+        n = self.num_samples
+        for start in range(0, n, chunk_size):
+            rows = slice(start, min(start + chunk_size, n))
+            yield rows, softmax_np(np.asarray(self.logits[rows]), self.temperature)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        features: np.ndarray | None = None,
+        *,
+        num_target_classes: int | None = None,
+        head_weight: np.ndarray | None = None,
+        temperature: float = 1.0,
+        teacher: str = "teacher",
+        teacher_labels: list[str] | None = None,
+        target_labels: list[str] | None = None,
+    ) -> TeacherOutputs:
+        """Build outputs from in-memory arrays (tests, synthetic benchmarks, small sets).
+
+        Produces exactly what the streaming pass produces for the same logits and features.
+        """
+        logits = np.asarray(logits, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.int64)
+        n, k_t = logits.shape
+        k_s = int(num_target_classes if num_target_classes is not None else labels.max() + 1)
+        if features is None:
+            features = np.zeros((n, 1), dtype=np.float32)
+        features = np.asarray(features, dtype=np.float32)
+        acc = StatsAccumulator(k_t, k_s, features.shape[1], temperature)
+        acc.update(logits, features, labels)
+        stats = acc.finish()
+        return cls(
+            teacher=teacher,
+            teacher_labels=teacher_labels or [f"class_{i}" for i in range(k_t)],
+            target_labels=target_labels or [f"target_{j}" for j in range(k_s)],
+            labels=labels,
+            features=features,
+            logits=logits.astype(np.float16),
+            head_weight=None if head_weight is None else np.asarray(head_weight, np.float32),
+            temperature=temperature,
+            image_ids=[str(i) for i in range(n)],
+            **stats,
+        )
+
+
+class StatsAccumulator:
+    """Streaming sums for :class:`TeacherOutputs`, updated batch by batch (numpy, float64 sums).
+
+    The per-batch work is a few matrix products: J += P^T Y, H += A^T Y, S += Y^T Phi with Y the
+    one-hot labels and A the one-hot argmax, so the cost is O(B K_t K_s) per batch, no Python loops.
+    """
+
+    def __init__(self, num_teacher_classes: int, num_target_classes: int, feature_dim: int,
+                 temperature: float = 1.0, top_k: int = TOP_K) -> None:
+        self.k_t, self.k_s, self.d = num_teacher_classes, num_target_classes, feature_dim
+        self.temperature = float(temperature)
+        self.top_k = min(top_k, num_teacher_classes)
+        self.joint = np.zeros((self.k_t, self.k_s))
+        self.hard_joint = np.zeros((self.k_t, self.k_s))
+        self.class_feature_sums = np.zeros((self.k_s, self.d))
+        self.top_classes: list[np.ndarray] = []
+        self.top_probs: list[np.ndarray] = []
+        self.count = 0
+
+    def update(self, logits: np.ndarray, features: np.ndarray, labels: np.ndarray) -> None:
+        """Add one batch: ``logits`` (B, K_t), ``features`` (B, d), ``labels`` (B,) ints."""
+        probs = softmax_np(logits, self.temperature)
+        onehot = np.zeros((labels.shape[0], self.k_s))
+        onehot[np.arange(labels.shape[0]), labels] = 1.0
+        self.joint += probs.T.astype(np.float64) @ onehot
+        np.add.at(self.hard_joint, (probs.argmax(axis=1), labels), 1.0)
+        self.class_feature_sums += onehot.T @ features.astype(np.float64)
+        top = np.argpartition(-probs, self.top_k - 1, axis=1)[:, : self.top_k]
+        top_p = np.take_along_axis(probs, top, axis=1)
+        order = np.argsort(-top_p, axis=1)
+        self.top_classes.append(np.take_along_axis(top, order, axis=1).astype(np.int64))
+        self.top_probs.append(np.take_along_axis(top_p, order, axis=1).astype(np.float32))
+        self.count += labels.shape[0]
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Normalised joints and stacked per-image arrays, as keyword arguments of TeacherOutputs."""
+        n = max(self.count, 1)
+        empty_top = np.zeros((0, self.top_k))
+        return {
+            "joint": self.joint / n,
+            "hard_joint": self.hard_joint / n,
+            "class_feature_sums": self.class_feature_sums,
+            "top_classes": np.concatenate(self.top_classes) if self.top_classes else empty_top.astype(np.int64),
+            "top_probs": np.concatenate(self.top_probs) if self.top_probs else empty_top.astype(np.float32),
+        }
