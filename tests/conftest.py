@@ -15,6 +15,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.mktemp("scd_home")
     monkeypatch.setenv("SCD_CACHE_DIR", str(root / "cache"))
     monkeypatch.setenv("SCD_WORKSPACE", str(root / "workspace"))
+    monkeypatch.setenv("SCD_DEMO_SIZE", "small")
     yield
 
 
