@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own cache and workspace, and runs offline on the CPU."""
+"""Shared fixtures: the suite runs offline on the CPU, inside its own workspace and cache."""
 
 from __future__ import annotations
 
@@ -10,13 +10,27 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path_factory, monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    """One workspace for the session (demo worlds are built once), small demo worlds."""
     root = tmp_path_factory.mktemp("scd_home")
-    monkeypatch.setenv("SCD_CACHE_DIR", str(root / "cache"))
-    monkeypatch.setenv("SCD_WORKSPACE", str(root / "workspace"))
-    monkeypatch.setenv("SCD_DEMO_SIZE", "small")
-    yield
+    saved = {k: os.environ.get(k) for k in ("SCD_CACHE_DIR", "SCD_WORKSPACE", "SCD_DEMO_SIZE")}
+    os.environ["SCD_CACHE_DIR"] = str(root / "cache")
+    os.environ["SCD_WORKSPACE"] = str(root / "workspace")
+    os.environ["SCD_DEMO_SIZE"] = "small"
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """A cache folder of the test's own, for tests that count cache hits and misses."""
+    monkeypatch.setenv("SCD_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def pytest_collection_modifyitems(config, items):
