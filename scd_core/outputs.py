@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 TOP_K = 5
 
@@ -112,7 +113,7 @@ class TeacherOutputs:
             features = np.zeros((n, 1), dtype=np.float32)
         features = np.asarray(features, dtype=np.float32)
         acc = StatsAccumulator(k_t, k_s, features.shape[1], temperature)
-        acc.update(logits, features, labels)
+        acc.update(torch.from_numpy(logits), torch.from_numpy(features), torch.from_numpy(labels))
         stats = acc.finish()
         return cls(
             teacher=teacher,
@@ -129,47 +130,50 @@ class TeacherOutputs:
 
 
 class StatsAccumulator:
-    """Streaming sums for :class:`TeacherOutputs`, updated batch by batch (numpy, float64 sums).
+    """Streaming sums for :class:`TeacherOutputs`, updated batch by batch on the batch's device.
 
-    The per-batch work is a few matrix products: J += P^T Y, H += A^T Y, S += Y^T Phi with Y the
-    one-hot labels and A the one-hot argmax, so the cost is O(B K_t K_s) per batch, no Python loops.
+    Per batch the work is three matrix products, J += P^T Y, H += A^T Y and S += Y^T Phi, with Y the
+    one-hot labels and A the one-hot argmax: O(B K_t K_s) and no Python loop over samples or classes.
+    Sums are kept in float64 so that millions of images do not lose precision.
     """
 
     def __init__(self, num_teacher_classes: int, num_target_classes: int, feature_dim: int,
-                 temperature: float = 1.0, top_k: int = TOP_K) -> None:
+                 temperature: float = 1.0, top_k: int = TOP_K, device: torch.device | str = "cpu") -> None:
         self.k_t, self.k_s, self.d = num_teacher_classes, num_target_classes, feature_dim
         self.temperature = float(temperature)
         self.top_k = min(top_k, num_teacher_classes)
-        self.joint = np.zeros((self.k_t, self.k_s))
-        self.hard_joint = np.zeros((self.k_t, self.k_s))
-        self.class_feature_sums = np.zeros((self.k_s, self.d))
-        self.top_classes: list[np.ndarray] = []
-        self.top_probs: list[np.ndarray] = []
+        dev = torch.device(device)
+        self.joint = torch.zeros((self.k_t, self.k_s), dtype=torch.float64, device=dev)
+        self.hard_joint = torch.zeros((self.k_t, self.k_s), dtype=torch.float64, device=dev)
+        self.class_feature_sums = torch.zeros((self.k_s, self.d), dtype=torch.float64, device=dev)
+        self.top_classes: list[torch.Tensor] = []
+        self.top_probs: list[torch.Tensor] = []
         self.count = 0
 
-    def update(self, logits: np.ndarray, features: np.ndarray, labels: np.ndarray) -> None:
-        """Add one batch: ``logits`` (B, K_t), ``features`` (B, d), ``labels`` (B,) ints."""
-        probs = softmax_np(logits, self.temperature)
-        onehot = np.zeros((labels.shape[0], self.k_s))
-        onehot[np.arange(labels.shape[0]), labels] = 1.0
-        self.joint += probs.T.astype(np.float64) @ onehot
-        np.add.at(self.hard_joint, (probs.argmax(axis=1), labels), 1.0)
-        self.class_feature_sums += onehot.T @ features.astype(np.float64)
-        top = np.argpartition(-probs, self.top_k - 1, axis=1)[:, : self.top_k]
-        top_p = np.take_along_axis(probs, top, axis=1)
-        order = np.argsort(-top_p, axis=1)
-        self.top_classes.append(np.take_along_axis(top, order, axis=1).astype(np.int64))
-        self.top_probs.append(np.take_along_axis(top_p, order, axis=1).astype(np.float32))
-        self.count += labels.shape[0]
+    def update(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add one batch: ``logits`` (B, K_t), ``features`` (B, d), ``labels`` (B,) integer tensor."""
+        dev = self.joint.device
+        logits, features, labels = logits.to(dev).float(), features.to(dev).float(), labels.to(dev)
+        probs = torch.softmax(logits / self.temperature, dim=1)
+        onehot = torch.nn.functional.one_hot(labels, self.k_s).to(torch.float32)
+        self.joint += probs.T.double() @ onehot.double()
+        argmax = torch.nn.functional.one_hot(probs.argmax(dim=1), self.k_t).to(torch.float32)
+        self.hard_joint += (argmax.T @ onehot).double()
+        self.class_feature_sums += onehot.T.double() @ features.double()
+        top_p, top_i = probs.topk(self.top_k, dim=1)
+        self.top_classes.append(top_i.cpu())
+        self.top_probs.append(top_p.cpu())
+        self.count += int(labels.shape[0])
 
     def finish(self) -> dict[str, np.ndarray]:
         """Normalised joints and stacked per-image arrays, as keyword arguments of TeacherOutputs."""
         n = max(self.count, 1)
-        empty_top = np.zeros((0, self.top_k))
         return {
-            "joint": self.joint / n,
-            "hard_joint": self.hard_joint / n,
-            "class_feature_sums": self.class_feature_sums,
-            "top_classes": np.concatenate(self.top_classes) if self.top_classes else empty_top.astype(np.int64),
-            "top_probs": np.concatenate(self.top_probs) if self.top_probs else empty_top.astype(np.float32),
+            "joint": (self.joint / n).cpu().numpy(),
+            "hard_joint": (self.hard_joint / n).cpu().numpy(),
+            "class_feature_sums": self.class_feature_sums.cpu().numpy(),
+            "top_classes": torch.cat(self.top_classes).numpy().astype(np.int64) if self.top_classes
+            else np.zeros((0, self.top_k), np.int64),
+            "top_probs": torch.cat(self.top_probs).numpy().astype(np.float32) if self.top_probs
+            else np.zeros((0, self.top_k), np.float32),
         }

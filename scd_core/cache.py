@@ -1,0 +1,126 @@
+"""On-disk cache of teacher outputs, keyed by teacher, target-subset, transform and temperature.
+
+An entry is a folder ``<cache>/outputs/<key>/`` holding ``stats.npz`` (no pickles), ``logits.npy``
+(float16, memory-mapped on read) and ``meta.json`` with sha256 checksums of both arrays files.
+Entries are written to a temporary folder and renamed into place, so readers never see half an
+entry; a checksum mismatch or unreadable entry is deleted and recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .fingerprint import combine, file_sha256
+from .outputs import TeacherOutputs
+from .workspace import cache_dir
+
+CACHE_VERSION = "outputs-v1"
+_ARRAYS = ("labels", "joint", "hard_joint", "class_feature_sums", "features", "top_classes", "top_probs")
+DEFAULT_MAX_BYTES = 20 << 30
+
+
+def output_key(teacher_fp: str, items_fp: str, transform_fp: str, temperature: float) -> str:
+    return combine(CACHE_VERSION, teacher_fp, items_fp, transform_fp, repr(float(temperature)))[:40]
+
+
+def _root() -> Path:
+    root = cache_dir() / "outputs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def entry_dir(key: str) -> Path:
+    return _root() / key
+
+
+def new_entry_dir() -> Path:
+    """A temporary folder inside the cache where a new entry is assembled."""
+    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=_root()))
+
+
+def save_entry(key: str, tmp: Path, outputs: TeacherOutputs) -> TeacherOutputs:
+    """Write ``outputs`` (whose logits already live in ``tmp/logits.npy``) and publish the entry."""
+    arrays = {name: getattr(outputs, name) for name in _ARRAYS}
+    if outputs.head_weight is not None:
+        arrays["head_weight"] = outputs.head_weight
+    np.savez(tmp / "stats.npz", **arrays)
+    meta = {
+        "teacher": outputs.teacher,
+        "teacher_labels": outputs.teacher_labels,
+        "target_labels": outputs.target_labels,
+        "image_ids": outputs.image_ids,
+        "temperature": outputs.temperature,
+        "timing": outputs.timing,
+        "created": time.time(),
+        "checksums": {name: file_sha256(tmp / name) for name in ("stats.npz", "logits.npy")},
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    final = entry_dir(key)
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process published the same entry first: theirs is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_entry(key) or outputs
+
+
+def load_entry(key: str, verify: bool = True) -> TeacherOutputs | None:
+    """The cached outputs for ``key``, or None when absent or corrupt (a corrupt entry is removed)."""
+    folder = entry_dir(key)
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if verify:
+            for name, digest in meta["checksums"].items():
+                if file_sha256(folder / name) != digest:
+                    raise ValueError(f"checksum mismatch in {name}")
+        with np.load(folder / "stats.npz", allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        logits = np.load(folder / "logits.npy", mmap_mode="r", allow_pickle=False)
+        os.utime(folder)  # least-recently-used eviction looks at this
+        return TeacherOutputs(
+            teacher=meta["teacher"], teacher_labels=meta["teacher_labels"], target_labels=meta["target_labels"],
+            labels=arrays["labels"], joint=arrays["joint"], hard_joint=arrays["hard_joint"],
+            class_feature_sums=arrays["class_feature_sums"], features=arrays["features"],
+            top_classes=arrays["top_classes"], top_probs=arrays["top_probs"], logits=logits,
+            head_weight=arrays.get("head_weight"), temperature=meta["temperature"],
+            image_ids=meta["image_ids"], timing=dict(meta.get("timing", {}), cached=True), source_dir=folder,
+        )
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def cache_size_bytes() -> int:
+    return sum(f.stat().st_size for f in _root().rglob("*") if f.is_file())
+
+
+def evict(max_bytes: int | None = None) -> list[str]:
+    """Delete least-recently-used entries until the cache holds at most ``max_bytes``.
+
+    The default comes from ``SCD_CACHE_MAX_BYTES`` (20 GiB when unset). Returns the removed keys.
+    """
+    limit = max_bytes if max_bytes is not None else int(os.environ.get("SCD_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
+    entries = []
+    for folder in _root().iterdir():
+        if folder.is_dir() and not folder.name.startswith("."):
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            entries.append((folder.stat().st_mtime, size, folder))
+    total = sum(e[1] for e in entries)
+    removed = []
+    for _, size, folder in sorted(entries):
+        if total <= limit:
+            break
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size
+        removed.append(folder.name)
+    return removed

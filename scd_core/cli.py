@@ -1,0 +1,167 @@
+"""Command line: ``python -m scd_core {rank,plan,distill,validate,demo} ...`` with JSON output.
+
+Bad user input prints one line ``error: ...`` on stderr and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import ScdError
+
+EXIT_USER_ERROR = 2
+
+
+def _write_json(obj: dict, path: str | None) -> None:
+    text = json.dumps(obj, indent=2, allow_nan=False, default=str)
+    if path is None or path == "-":
+        print(text)
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(out)
+
+
+class _Bar:
+    """tqdm progress bar fed by the engine's ``progress(fraction, message)`` callbacks (stderr)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(message[:60])
+            self.bar.n = int(1000 * max(0.0, min(1.0, fraction)))
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _metric_list(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def cmd_rank(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .assess import rank, ranking_json
+
+    table = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
+                 budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar)
+    if not args.json:
+        print(table.to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
+    return ranking_json(table)
+
+
+def cmd_plan(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .plans import transport_plan
+
+    matrix = transport_plan(args.target, args.repo, args.teacher, args.kind, cost=args.cost, eps=args.eps,
+                            device=args.device, batch_size=args.batch_size, progress=bar)
+    if args.csv:
+        matrix.to_csv(args.csv)
+    return matrix.to_json()
+
+
+def cmd_demo(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .demo import WORLDS, build_world, ensure_world
+
+    worlds = [args.world] if args.world else list(WORLDS)
+    built = []
+    for name in worlds:
+        if args.out:
+            out = Path(args.out) / name if len(worlds) > 1 else Path(args.out)
+            world = build_world(name, out, size=args.size or "full", seed=args.seed, progress=bar)
+        else:
+            world = ensure_world(name, size=args.size, progress=bar)
+        built.append({"world": world.name, "size": world.size, "target": str(world.target_dir),
+                      "repo": str(world.teachers_dir)})
+    return {"worlds": built}
+
+
+def _common(p: argparse.ArgumentParser, teacher_required: bool = False) -> None:
+    p.add_argument("--target", required=True, help="folder, .zip, .csv or demo:WORLD")
+    p.add_argument("--repo", required=True, help="teacher repository folder, demo:WORLD or hub names")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", metavar="FILE", help="write JSON here ('-' for stdout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scd_core",
+                                     description="Selective cross-task distillation: rank, map, distill.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("rank", help="rank the teachers of a repository for a target set")
+    _common(p)
+    p.add_argument("--teacher", action="append", help="only these teachers (repeatable)")
+    p.add_argument("--metrics", default="scd,leep,nce,logme,hscore",
+                   help="comma-separated; the first one orders the ranking")
+    p.add_argument("--budget", type=float, help="fraction of a full scan, by successive halving")
+    p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("plan", help="label-space mapping of one teacher: plan, joint or cost")
+    _common(p)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--kind", default="plan", choices=["plan", "joint", "cost"])
+    p.add_argument("--cost", default="prototype", choices=["prototype", "conditional"])
+    p.add_argument("--eps", type=float, help="entropic regularisation (default: exact plan)")
+    p.add_argument("--csv", metavar="FILE", help="also write the matrix as CSV")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("demo", help="built-in demo worlds")
+    demo_sub = p.add_subparsers(dest="demo_command", required=True)
+    b = demo_sub.add_parser("build", help="write a demo target set and teacher zoo")
+    b.add_argument("--world", help="shapes or digits (default: all)")
+    b.add_argument("--out", help="output folder (default: the workspace cache)")
+    b.add_argument("--size", choices=["full", "small"])
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", metavar="FILE")
+    b.set_defaults(func=cmd_demo)
+
+    _add_distill_commands(sub)
+    return parser
+
+
+def _add_distill_commands(sub) -> None:
+    """``distill`` and ``validate`` (available once the distillation engine is installed)."""
+    try:
+        from .distill_cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub, _common)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    bar = _Bar(enabled=not args.quiet and sys.stderr.isatty())
+    func: Callable = args.func
+    try:
+        result = func(args, bar)
+    except ScdError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except FileNotFoundError as exc:
+        bar.close()
+        print(f"error: {exc.filename or exc}: no such file or folder", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        bar.close()
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    bar.close()
+    _write_json(result, getattr(args, "json", None) or "-")
+    return 0

@@ -1,0 +1,143 @@
+"""One batched forward pass of a teacher over a target set, summarised into TeacherOutputs.
+
+The pass streams: logits go batch by batch to an on-disk float16 array in the cache entry being
+built, the joints and class feature sums accumulate on the device, and only the pre-logit features
+(N x d) and top-5 classes are kept per image. Results are cached (see :mod:`scd_core.cache`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import cache
+from .device import autocast, resolve_device
+from .fingerprint import json_sha256
+from .outputs import StatsAccumulator, TeacherOutputs
+from .targets import TargetImageDataset, TargetItem, TargetSet
+from .teachers import TeacherSpec, linear_head, load_teacher
+
+Progress = Callable[[float, str], None]
+
+
+def data_config(spec: TeacherSpec) -> dict:
+    """The teacher's eval preprocessing (input size, crop, mean, std) from its pretrained config."""
+    from timm.data import resolve_data_config
+
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.pretrained_cfg.items()}
+    return resolve_data_config({}, pretrained_cfg=cfg)
+
+
+def eval_transform(spec: TeacherSpec):
+    """timm's eval transform for the teacher, and its fingerprint (part of the cache key)."""
+    from timm.data import create_transform
+
+    cfg = data_config(spec)
+    return create_transform(**cfg, is_training=False), json_sha256(cfg)
+
+
+def default_num_workers(n_images: int) -> int:
+    """Decoding images dominates small models: use worker processes once the set is not tiny."""
+    if n_images < 512:
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def teacher_outputs(
+    spec: TeacherSpec,
+    target: TargetSet,
+    items: Sequence[TargetItem] | None = None,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+    use_cache: bool = True,
+    model: torch.nn.Module | None = None,
+) -> TeacherOutputs:
+    """Outputs of teacher ``spec`` on ``items`` (default: the target's assessment items), cached."""
+    items = list(target.assessment_items if items is None else items)
+    if any(it.label < 0 for it in items):
+        raise ValueError("teacher outputs are computed on labeled images only")
+    transform, transform_fp = eval_transform(spec)
+    key = cache.output_key(spec.fingerprint, target.items_fingerprint(items), transform_fp, temperature)
+    if use_cache and (hit := cache.load_entry(key)) is not None:
+        if progress:
+            progress(1.0, f"{spec.name}: cached")
+        return hit
+
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    if model is None:
+        model = load_teacher(spec, dev)
+    model = model.to(dev).eval()
+    t_load = time.perf_counter() - t0
+    head = linear_head(model)
+    feature_dim = int(getattr(model, "num_features", 0)) or (head.in_features if head is not None else 0)
+    loader = DataLoader(
+        TargetImageDataset(items, transform), batch_size=batch_size, shuffle=False,
+        num_workers=default_num_workers(len(items)) if num_workers is None else num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+    tmp = cache.new_entry_dir()
+    try:
+        logits_file = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float16,
+                                                shape=(len(items), spec.num_classes))
+        acc: StatsAccumulator | None = None
+        features = None
+        done = 0
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            for images, labels, _ in loader:
+                images = images.to(dev, non_blocking=True)
+                with autocast(dev):
+                    fmap = model.forward_features(images)
+                    pre = model.forward_head(fmap, pre_logits=True)
+                    logits = head(pre) if head is not None else model.forward_head(fmap)
+                pre, logits = pre.float().flatten(1), logits.float()
+                if logits.shape[1] != spec.num_classes:
+                    raise ValueError(f"teacher {spec.name!r} outputs {logits.shape[1]} classes, "
+                                     f"config says {spec.num_classes}")
+                if acc is None:
+                    acc = StatsAccumulator(spec.num_classes, target.num_classes, pre.shape[1], temperature,
+                                           device=dev)
+                    features = np.empty((len(items), pre.shape[1]), dtype=np.float32)
+                b = labels.shape[0]
+                acc.update(logits, pre, labels.to(dev))
+                logits_file[done:done + b] = logits.cpu().numpy().astype(np.float16)
+                features[done:done + b] = pre.cpu().numpy()
+                done += b
+                if progress:
+                    progress(done / len(items), f"{spec.name}: {done}/{len(items)} images")
+        logits_file.flush()
+        del logits_file
+        assert acc is not None and features is not None
+        t_forward = time.perf_counter() - t1
+        outputs = TeacherOutputs(
+            teacher=spec.name,
+            teacher_labels=list(spec.label_names),
+            target_labels=list(target.class_names),
+            labels=np.array([it.label for it in items], dtype=np.int64),
+            features=features,
+            logits=np.load(tmp / "logits.npy", mmap_mode="r"),
+            head_weight=head.weight.detach().float().cpu().numpy() if head is not None else None,
+            temperature=temperature,
+            image_ids=[it.rel for it in items],
+            timing={"load_s": t_load, "forward_s": t_forward, "images": len(items),
+                    "feature_dim": feature_dim or int(features.shape[1])},
+            **acc.finish(),
+        )
+        if not use_cache:
+            outputs.logits = np.array(outputs.logits)
+            return outputs
+        return cache.save_entry(key, tmp, outputs)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

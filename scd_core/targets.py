@@ -1,0 +1,357 @@
+"""Target sets: loading (folder, zip, CSV, demo), validation, splits, fingerprints and datasets.
+
+Layouts accepted (SPEC, "Data formats"):
+
+- ImageFolder ``<root>/<class>/<image>``, or split folders ``<root>/{train,val,test}/<class>/...``,
+  plus an optional ``<root>/unlabeled/`` folder of images without labels;
+- a CSV ``path,label[,split]`` (an empty label marks an unlabeled image), paths relative to the CSV;
+- a ``.zip`` holding either of the above (one enclosing top folder is fine);
+- ``demo:WORLD`` for a built-in demo world.
+
+Assessment uses the labeled ``train`` and ``val`` images; ``test`` is kept for reporting student
+accuracy and never influences a ranking. Without given splits, a seeded stratified split holds out a
+validation part. Every problem raises :class:`TargetSetError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .archives import safe_extract_zip, single_top_folder
+from .errors import TargetSetError
+from .fingerprint import bytes_sha256, combine
+from .images import check_image_bytes, is_image_name, load_rgb
+
+SPLITS = ("train", "val", "test")
+UNLABELED = "unlabeled"
+UNLABELED_INDEX = -1
+MAX_CSV_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class TargetItem:
+    """One image: its file, label index (-1 when unlabeled), split and content hash."""
+
+    path: Path
+    rel: str
+    label: int
+    split: str
+    sha256: str
+
+
+@dataclass
+class TargetSet:
+    """A validated target set; ``items`` are ordered deterministically (split, class, path)."""
+
+    name: str
+    root: Path
+    class_names: list[str]
+    items: list[TargetItem]
+    source: str
+    split_given: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content fingerprint: file bytes, labels, splits and class names."""
+        return self.items_fingerprint(self.items)
+
+    def items_fingerprint(self, items: Sequence[TargetItem]) -> str:
+        parts = [f"{it.sha256}:{it.label}:{it.split}" for it in items]
+        return combine("\x1e".join(self.class_names), *parts)
+
+    def split(self, *names: str) -> list[TargetItem]:
+        return [it for it in self.items if it.split in names]
+
+    @property
+    def assessment_items(self) -> list[TargetItem]:
+        """Labeled images outside ``test``: the only ones that may influence a ranking."""
+        return [it for it in self.items if it.split in ("train", "val") and it.label >= 0]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class and split: ``{class_name: {split: count}}`` (unlabeled not included)."""
+        table = {c: dict.fromkeys(SPLITS, 0) for c in self.class_names}
+        for it in self.items:
+            if it.label >= 0:
+                table[self.class_names[it.label]][it.split] += 1
+        return table
+
+    def summary(self) -> dict:
+        """JSON-friendly description (CLI, app)."""
+        per_split = Counter(it.split for it in self.items)
+        return {
+            "name": self.name,
+            "source": self.source,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "num_images": len(self.items),
+            "splits": {s: per_split.get(s, 0) for s in (*SPLITS, UNLABELED)},
+            "split_given": self.split_given,
+            "fingerprint": self.fingerprint,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Raw records -> validated TargetSet
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Record:
+    path: Path
+    label: str | None
+    split: str | None  # None: not given
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _stratified_val(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation items: per class round(frac * n), at least 1, leaving >= 1 in train."""
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(labels.shape[0], dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_val = min(max(1, int(round(val_fraction * idx.size))), idx.size - 1)
+        is_val[rng.permutation(idx)[:n_val]] = True
+    return is_val
+
+
+def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fraction: float,
+           seed: int) -> TargetSet:
+    if not records:
+        raise TargetSetError(f"{source}: no images found")
+    labeled = [r for r in records if r.label is not None]
+    class_names = sorted({r.label for r in labeled})
+    if not class_names:
+        raise TargetSetError(f"{source}: no classes (no labeled images)")
+    lowered: dict[str, str] = {}
+    for c in class_names:
+        if c.casefold() in lowered:
+            raise TargetSetError(f"{source}: class names {lowered[c.casefold()]!r} and {c!r} differ only in case")
+        lowered[c.casefold()] = c
+    if len(class_names) < 2:
+        raise TargetSetError(f"{source}: only one class ({class_names[0]!r}); a task needs at least two")
+    index = {c: i for i, c in enumerate(class_names)}
+    assess = Counter(r.label for r in labeled if r.split in (None, "train", "val"))
+    few = [c for c in class_names if assess[c] < 2]
+    if few:
+        detail = ", ".join(f"{c!r} ({assess[c]})" for c in few[:5])
+        raise TargetSetError(f"{source}: every class needs at least 2 labeled train/val images; too few: {detail}")
+
+    split_given = any(r.split in ("train", "val") for r in labeled)
+    splits = [r.split if r.label is not None else UNLABELED for r in records]
+    if not any(r.split == "val" for r in labeled):  # hold out a stratified validation part
+        pool = [i for i, r in enumerate(records) if r.label is not None and r.split in (None, "train")]
+        labels = np.array([index[records[i].label] for i in pool])
+        is_val = _stratified_val(labels, val_fraction, seed)
+        for i, v in zip(pool, is_val):
+            splits[i] = "val" if v else "train"
+    splits = [s if s is not None else "train" for s in splits]
+
+    items: list[TargetItem] = []
+    seen: dict[Path, str] = {}
+    for rec, split in zip(records, splits):
+        resolved = rec.path.resolve()
+        if resolved in seen:
+            raise TargetSetError(f"{rec.path}: listed twice (also as {seen[resolved]})")
+        seen[resolved] = split
+        try:
+            data = rec.path.read_bytes()
+        except OSError as exc:
+            raise TargetSetError(f"{rec.path}: cannot read file ({exc.strerror or exc})") from exc
+        check_image_bytes(data, _rel(rec.path, root))
+        label = index[rec.label] if rec.label is not None else UNLABELED_INDEX
+        items.append(TargetItem(rec.path, _rel(rec.path, root), label, split, bytes_sha256(data)))
+    order = {s: i for i, s in enumerate((*SPLITS, UNLABELED))}
+    items.sort(key=lambda it: (order[it.split], it.label, it.rel))
+    return TargetSet(name=name, root=root, class_names=class_names, items=items, source=source,
+                     split_given=split_given)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout readers
+# ----------------------------------------------------------------------------------------------
+
+
+def _images_in(folder: Path, source: str) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    bad = [p for p in files if not is_image_name(p.name)]
+    if bad:
+        raise TargetSetError(f"{bad[0]}: unsupported file type (expected PNG, JPEG, BMP, GIF, WebP or TIFF)")
+    return files
+
+
+def _class_folders(folder: Path, split: str | None, source: str) -> list[_Record]:
+    records: list[_Record] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file():
+            raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
+        if entry.is_symlink():
+            raise TargetSetError(f"{entry}: symbolic links are not followed")
+        images = _images_in(entry, source)
+        if not images:
+            raise TargetSetError(f"{entry}: class folder {entry.name!r} holds no images")
+        records.extend(_Record(p, entry.name, split) for p in images)
+    return records
+
+
+def _read_folder(root: Path, source: str) -> list[_Record]:
+    names = {p.name.lower(): p for p in root.iterdir() if not p.name.startswith(".")}
+    records: list[_Record] = []
+    if any(s in names and names[s].is_dir() for s in SPLITS):
+        for entry in names.values():
+            if entry.name.lower() not in (*SPLITS, UNLABELED):
+                raise TargetSetError(f"{entry}: unexpected entry beside split folders "
+                                     f"(expected {', '.join(SPLITS)} and {UNLABELED})")
+        for split in SPLITS:
+            if split in names:
+                records.extend(_class_folders(names[split], split, source))
+    else:
+        records.extend(_class_folders_except(root, source))
+    if UNLABELED in names and names[UNLABELED].is_dir():
+        records.extend(_Record(p, None, None) for p in _images_in(names[UNLABELED], source))
+    return records
+
+
+def _class_folders_except(root: Path, source: str) -> list[_Record]:
+    records: list[_Record] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or entry.name.lower() == UNLABELED:
+            continue
+        if entry.is_file():
+            raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
+        images = _images_in(entry, source)
+        if not images:
+            raise TargetSetError(f"{entry}: class folder {entry.name!r} holds no images")
+        records.extend(_Record(p, entry.name, None) for p in images)
+    return records
+
+
+def _decode_csv(path: Path) -> str:
+    raw = path.read_bytes()
+    if len(raw) > MAX_CSV_BYTES:
+        raise TargetSetError(f"{path}: CSV larger than {MAX_CSV_BYTES} bytes")
+    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise TargetSetError(f"{path}: cannot decode CSV text")  # pragma: no cover - latin-1 decodes all
+
+
+def _read_csv(path: Path) -> list[_Record]:
+    text = _decode_csv(path)
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    missing = [c for c in ("path", "label") if c not in fields]
+    if missing:
+        raise TargetSetError(f"{path}: missing column(s) {', '.join(missing)} (expected path,label[,split])")
+    base = path.parent.resolve()
+    records: list[_Record] = []
+    for line_no, row in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        rel = row.get("path", "")
+        if not rel:
+            raise TargetSetError(f"{path}:{line_no}: empty path")
+        file = (base / rel).resolve()
+        if base not in file.parents:
+            raise TargetSetError(f"{path}:{line_no}: path {rel!r} escapes the CSV's folder")
+        if not file.is_file():
+            raise TargetSetError(f"{path}:{line_no}: image {rel!r} does not exist")
+        if not is_image_name(file.name):
+            raise TargetSetError(f"{path}:{line_no}: {rel!r} is not a supported image type")
+        split = row.get("split", "").lower() or None
+        if split is not None and split not in (*SPLITS, UNLABELED):
+            raise TargetSetError(f"{path}:{line_no}: unknown split {split!r} (use train, val, test)")
+        label = row.get("label") or None
+        if split == UNLABELED:
+            label = None
+        records.append(_Record(file, label, split if label is not None else None))
+    if not records:
+        raise TargetSetError(f"{path}: the CSV lists no images")
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
+                extract_dir: Path | None = None) -> TargetSet:
+    """Load and validate a target set from a folder, a .zip, a CSV or ``demo:WORLD``."""
+    text = str(spec)
+    if text.startswith("demo:"):
+        from .demo import ensure_world
+
+        world = ensure_world(text[len("demo:"):])
+        ts = load_target(world.target_dir, val_fraction=val_fraction, seed=seed)
+        ts.name, ts.source = text, text
+        return ts
+    path = Path(text)
+    if not path.exists():
+        raise TargetSetError(f"{text}: no such file or folder")
+    if path.is_file() and path.suffix.lower() == ".zip":
+        from .fingerprint import file_sha256
+        from .workspace import subdir
+
+        dest = (extract_dir or subdir("uploads", "targets")) / file_sha256(path)[:16]
+        if not dest.exists():
+            safe_extract_zip(path, dest, error=TargetSetError)
+        ts = load_target(single_top_folder(dest), val_fraction=val_fraction, seed=seed)
+        ts.name, ts.source = path.stem, str(path)
+        return ts
+    if path.is_file() and path.suffix.lower() == ".csv":
+        records = _read_csv(path)
+        return _build(records, path.parent.resolve(), path.stem, str(path), val_fraction=val_fraction, seed=seed)
+    if path.is_dir():
+        root = single_top_folder(path)
+        csvs = sorted(p for p in root.glob("*.csv") if not p.name.startswith("."))
+        if len(csvs) > 1:
+            raise TargetSetError(f"{root}: several CSV files ({', '.join(p.name for p in csvs)}); keep one")
+        records = _read_csv(csvs[0]) if csvs else _read_folder(root, str(path))
+        return _build(records, root.resolve(), path.name, str(path), val_fraction=val_fraction, seed=seed)
+    raise TargetSetError(f"{text}: expected a folder, a .zip, a .csv or demo:WORLD")
+
+
+# ----------------------------------------------------------------------------------------------
+# Torch dataset
+# ----------------------------------------------------------------------------------------------
+
+
+class TargetImageDataset(Dataset):
+    """Images of a target set through a transform (e.g. a teacher's own eval transform).
+
+    Returns ``(image_tensor, label, index)``; unlabeled items carry label -1.
+    """
+
+    def __init__(self, items: Sequence[TargetItem], transform: Callable) -> None:
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        item = self.items[index]
+        return self.transform(load_rgb(item.path)), item.label, index
