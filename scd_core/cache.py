@@ -124,3 +124,37 @@ def evict(max_bytes: int | None = None) -> list[str]:
         total -= size
         removed.append(folder.name)
     return removed
+
+
+def save_arrays(folder: Path, **arrays: np.ndarray) -> None:
+    """Publish a small entry of named arrays (``arrays.npz`` + checksum), atomically."""
+    tmp = new_entry_dir()
+    try:
+        np.savez(tmp / "arrays.npz", **arrays)
+        (tmp / "meta.json").write_text(json.dumps({"checksums": {"arrays.npz": file_sha256(tmp / "arrays.npz")},
+                                                   "created": time.time()}))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError:
+        pass
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_arrays(folder: Path) -> dict[str, np.ndarray] | None:
+    """Arrays saved by :func:`save_arrays`, or None when absent or corrupt (then removed)."""
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if file_sha256(folder / "arrays.npz") != meta["checksums"]["arrays.npz"]:
+            raise ValueError("checksum mismatch")
+        with np.load(folder / "arrays.npz", allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        os.utime(folder)
+        return arrays
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from . import cache
 from .device import autocast, resolve_device
+from .errors import TeacherError
 from .fingerprint import json_sha256
 from .outputs import StatsAccumulator, TeacherOutputs
 from .targets import TargetImageDataset, TargetItem, TargetSet
@@ -47,6 +48,60 @@ def default_num_workers(n_images: int) -> int:
     if n_images < 512:
         return 0
     return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def forward_batches(model: torch.nn.Module, loader: DataLoader, device: torch.device):
+    """Yield ``(pre_logits, logits, labels)`` per batch: no gradients, bf16 autocast on CUDA.
+
+    Uses the linear classifier on the pre-logits when there is one (one head pass instead of two).
+    """
+    head = linear_head(model)
+    with torch.inference_mode():
+        for images, labels, _ in loader:
+            images = images.to(device, non_blocking=True)
+            with autocast(device):
+                fmap = model.forward_features(images)
+                pre = model.forward_head(fmap, pre_logits=True)
+                logits = head(pre) if head is not None else model.forward_head(fmap)
+            yield pre.float().flatten(1), logits.float(), labels
+
+
+def make_loader(items: Sequence[TargetItem], transform, device: torch.device, batch_size: int,
+                num_workers: int | None = None) -> DataLoader:
+    return DataLoader(
+        TargetImageDataset(items, transform), batch_size=batch_size, shuffle=False,
+        num_workers=default_num_workers(len(items)) if num_workers is None else num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def teacher_predictions(spec: TeacherSpec, items: Sequence[TargetItem], *, device: str | torch.device = "auto",
+                        batch_size: int = 64, model: torch.nn.Module | None = None,
+                        progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher logits (N, K_t) float16 and pre-logit features (N, d) float32 on any images.
+
+    Cached on disk by teacher, image bytes and transform, like :func:`teacher_outputs`.
+    """
+    transform, transform_fp = eval_transform(spec)
+    from .fingerprint import combine
+
+    key = "pred-" + combine(cache.CACHE_VERSION, spec.fingerprint, transform_fp, *(it.sha256 for it in items))[:36]
+    path = cache.entry_dir(key)
+    if (hit := cache.load_arrays(path)) is not None:
+        return hit["logits"], hit["features"]
+    dev = resolve_device(device)
+    model = (model or load_teacher(spec, dev)).to(dev).eval()
+    logits_all, feats_all, done = [], [], 0
+    for pre, logits, _ in forward_batches(model, make_loader(items, transform, dev, batch_size), dev):
+        logits_all.append(logits.cpu().numpy().astype(np.float16))
+        feats_all.append(pre.cpu().numpy())
+        done += pre.shape[0]
+        if progress:
+            progress(done / max(len(items), 1), f"teacher {spec.name}: {done}/{len(items)} images")
+    logits_np = np.concatenate(logits_all) if logits_all else np.zeros((0, spec.num_classes), np.float16)
+    feats_np = np.concatenate(feats_all) if feats_all else np.zeros((0, 0), np.float32)
+    cache.save_arrays(path, logits=logits_np, features=feats_np)
+    return logits_np, feats_np
 
 
 def teacher_outputs(
@@ -80,12 +135,7 @@ def teacher_outputs(
     model = model.to(dev).eval()
     t_load = time.perf_counter() - t0
     head = linear_head(model)
-    feature_dim = int(getattr(model, "num_features", 0)) or (head.in_features if head is not None else 0)
-    loader = DataLoader(
-        TargetImageDataset(items, transform), batch_size=batch_size, shuffle=False,
-        num_workers=default_num_workers(len(items)) if num_workers is None else num_workers,
-        pin_memory=dev.type == "cuda",
-    )
+    loader = make_loader(items, transform, dev, batch_size, num_workers)
     tmp = cache.new_entry_dir()
     try:
         logits_file = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float16,
@@ -94,28 +144,20 @@ def teacher_outputs(
         features = None
         done = 0
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            for images, labels, _ in loader:
-                images = images.to(dev, non_blocking=True)
-                with autocast(dev):
-                    fmap = model.forward_features(images)
-                    pre = model.forward_head(fmap, pre_logits=True)
-                    logits = head(pre) if head is not None else model.forward_head(fmap)
-                pre, logits = pre.float().flatten(1), logits.float()
-                if logits.shape[1] != spec.num_classes:
-                    raise ValueError(f"teacher {spec.name!r} outputs {logits.shape[1]} classes, "
-                                     f"config says {spec.num_classes}")
-                if acc is None:
-                    acc = StatsAccumulator(spec.num_classes, target.num_classes, pre.shape[1], temperature,
-                                           device=dev)
-                    features = np.empty((len(items), pre.shape[1]), dtype=np.float32)
-                b = labels.shape[0]
-                acc.update(logits, pre, labels.to(dev))
-                logits_file[done:done + b] = logits.cpu().numpy().astype(np.float16)
-                features[done:done + b] = pre.cpu().numpy()
-                done += b
-                if progress:
-                    progress(done / len(items), f"{spec.name}: {done}/{len(items)} images")
+        for pre, logits, labels in forward_batches(model, loader, dev):
+            if logits.shape[1] != spec.num_classes:
+                raise TeacherError(f"teacher {spec.name!r} outputs {logits.shape[1]} classes, "
+                                   f"its config says {spec.num_classes}")
+            if acc is None:
+                acc = StatsAccumulator(spec.num_classes, target.num_classes, pre.shape[1], temperature, device=dev)
+                features = np.empty((len(items), pre.shape[1]), dtype=np.float32)
+            b = labels.shape[0]
+            acc.update(logits, pre, labels.to(dev))
+            logits_file[done:done + b] = logits.cpu().numpy().astype(np.float16)
+            features[done:done + b] = pre.cpu().numpy()
+            done += b
+            if progress:
+                progress(done / len(items), f"{spec.name}: {done}/{len(items)} images")
         logits_file.flush()
         del logits_file
         assert acc is not None and features is not None
@@ -130,8 +172,7 @@ def teacher_outputs(
             head_weight=head.weight.detach().float().cpu().numpy() if head is not None else None,
             temperature=temperature,
             image_ids=[it.rel for it in items],
-            timing={"load_s": t_load, "forward_s": t_forward, "images": len(items),
-                    "feature_dim": feature_dim or int(features.shape[1])},
+            timing={"load_s": t_load, "forward_s": t_forward, "images": len(items)},
             **acc.finish(),
         )
         if not use_cache:

@@ -1,0 +1,503 @@
+"""Teacher-assessment metrics behind one interface: ``Metric.score(outputs) -> float``.
+
+Every metric reads a :class:`~scd_core.outputs.TeacherOutputs` (one teacher on one labeled target
+set of N images, K_s target classes, K_t teacher classes, features of dimension d) and returns one
+number. ``higher_is_better`` gives the direction; :data:`METRICS` is the registry used by the CLI and
+the app (``scd``, ``scd_conditional``, ``leep``, ``nce``, ``logme``, ``hscore``).
+
+The array-level functions (:func:`scd_from_joint`, :func:`leep_from_probs`, :func:`nce_from_hard_joint`,
+:func:`logme_score`, :func:`hscore`, :func:`hscore_plain`) hold the math and are what the metric classes
+call; they are public for tests and benchmarks. Feature metrics work in float64 on the eigenvalues of
+the smaller of the two Gram matrices F^T F (d x d) and F F^T (N x N), accumulated in chunks, so neither
+an N x d float64 copy nor a d x d inverse is needed and the cost is O(N d min(N, d)).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .costs import conditional_cost, prototype_cost
+from .errors import ScdError
+from .outputs import TeacherOutputs
+
+_CHUNK_ROWS = 8192
+_CHUNK_COLS = 2048
+
+
+# ----------------------------------------------------------------------------------------------------
+# Array-level functions
+# ----------------------------------------------------------------------------------------------------
+
+
+def scd_from_joint(joint: np.ndarray, cost: np.ndarray) -> float:
+    """SCD score <J, C> = sum_ij J_ij C_ij (lower is better).
+
+    With J = (1/N) sum_n p(x_n) e_{y_n}^T this equals (1/N) sum_n sum_i p_i(x_n) C_{i, y_n}, the mean
+    optimal-transport cost from each teacher prediction p(x_n) to the Dirac mass on its label y_n (the
+    only coupling between a distribution and a Dirac is p e_y^T, so OT(p, e_y; C) = sum_i p_i C_iy).
+    """
+    joint = np.asarray(joint, dtype=np.float64)
+    cost = np.asarray(cost, dtype=np.float64)
+    if joint.shape != cost.shape:
+        raise ValueError(f"joint {joint.shape} and cost {cost.shape} must have the same shape")
+    return float(np.sum(joint * cost))
+
+
+def _conditional_from_joint(joint: np.ndarray) -> np.ndarray:
+    """P(y | z) = J_zy / sum_y' J_zy' (K_t x K_s); rows of J without mass get P(y | z) = 0.
+
+    A row of J has zero mass only when p(z | x_n) = 0 for every image, so the value chosen for that
+    row never contributes to LEEP's sum_z p(z | x) P(y | z); 0 avoids the 0/0 = NaN of the reference.
+    """
+    joint = np.asarray(joint, dtype=np.float64)
+    mass = joint.sum(axis=1, keepdims=True)
+    return np.divide(joint, mass, out=np.zeros_like(joint), where=mass > 0)
+
+
+def leep_from_chunks(joint: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """LEEP from the soft joint J and a stream of ``(probs (B, K_t), labels (B,))`` chunks.
+
+    LEEP = (1/N) sum_n log( sum_z p(z | x_n) P(y_n | z) ), P(y | z) = J_zy / sum_y J_zy. Only one chunk
+    of predictions is held at a time. The expected empirical prediction is floored at the smallest
+    positive float64 so that an underflow gives a very low, finite score instead of -inf.
+    """
+    cond = _conditional_from_joint(joint)  # (K_t, K_s)
+    total, count = 0.0, 0
+    tiny = np.finfo(np.float64).tiny
+    for probs, labels in chunks:
+        labels = np.asarray(labels, dtype=np.int64)
+        # sum_z p(z|x_n) P(y_n|z): gather the needed columns of P(y|z) (K_t x B), then a row-wise dot.
+        eep = np.einsum("bz,zb->b", np.asarray(probs, dtype=np.float64), cond[:, labels])
+        total += float(np.log(np.maximum(eep, tiny)).sum())
+        count += labels.shape[0]
+    if count == 0:
+        raise ScdError("LEEP needs at least one labeled image")
+    return total / count
+
+
+def joint_from_probs(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Soft joint J = (1/N) sum_n p(x_n) e_{y_n}^T, shape (K_t, K_s), float64."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    joint = np.zeros((probs.shape[1], num_classes))
+    np.add.at(joint.T, labels, probs)
+    return joint / max(labels.shape[0], 1)
+
+
+def leep_from_probs(probs: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
+    """LEEP (Nguyen et al., ICML 2020) of in-memory predictions ``probs`` (N, K_t) and labels (N,).
+
+    Direct formula: J = (1/N) P^T Y, P(y | z) = J / J.sum(1), LEEP = mean_n log (P P(y|z))_{n, y_n}.
+    Higher is better; the maximum 0 = log 1 is reached by a teacher whose argmax determines the label.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    k_s = int(num_classes if num_classes is not None else labels.max() + 1)
+    joint = joint_from_probs(probs, labels, k_s)
+    return leep_from_chunks(joint, [(probs, labels)])
+
+
+def nce_from_hard_joint(hard_joint: np.ndarray) -> float:
+    """NCE (Tran et al., ICCV 2019) = -H(Y | Z) from the hard joint H_zy = P(Z = z, Y = y).
+
+    -H(Y | Z) = sum_{z, y} H_zy log( H_zy / sum_y' H_zy' ), with 0 log 0 = 0 (Z the teacher argmax).
+    Higher is better: 0 when Z determines Y, -H(Y) when Z and Y are independent.
+    """
+    h = np.asarray(hard_joint, dtype=np.float64)
+    h = h / h.sum()
+    pz = h.sum(axis=1, keepdims=True)
+    ratio = np.divide(h, pz, out=np.ones_like(h), where=h > 0)
+    return float(np.sum(h * np.log(ratio)))
+
+
+def nce_from_labels(teacher_labels: np.ndarray, labels: np.ndarray) -> float:
+    """NCE from hard teacher predictions z_n and target labels y_n (convenience for tests)."""
+    z = np.asarray(teacher_labels, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    h = np.zeros((int(z.max()) + 1, int(y.max()) + 1))
+    np.add.at(h, (z, y), 1.0)
+    return nce_from_hard_joint(h)
+
+
+@dataclass
+class _Spectrum:
+    """Non-zero spectrum of a feature matrix F (N x d, optionally centred) and its class projections.
+
+    ``eig`` (k,) are the non-zero eigenvalues s_i = sigma_i^2 of F^T F (equivalently F F^T), ``uy``
+    (k, C) = U^T Y with U the matching left singular vectors and Y the one-hot labels, ``row_sq``
+    (N,) = ||f_n||^2. Eigenvalues below max(N, d) * eps * s_max are treated as 0 (numerical rank).
+    """
+
+    eig: np.ndarray
+    uy: np.ndarray
+    counts: np.ndarray
+    row_sq: np.ndarray
+    n: int
+    d: int
+
+
+def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    y = np.zeros((labels.shape[0], num_classes))
+    y[np.arange(labels.shape[0]), labels] = 1.0
+    return y
+
+
+def _spectrum(features: np.ndarray, labels: np.ndarray, num_classes: int, center: bool) -> _Spectrum:
+    """Eigen-decompose the smaller Gram matrix of F in float64, in chunks.
+
+    N > d: G = F^T F (d x d) = V diag(s) V^T, and U^T Y = diag(s)^{-1/2} V^T (F^T Y) (the "truncated
+    SVD" of the LogME reference). N <= d: G = F F^T (N x N) = U diag(s) U^T directly.
+    """
+    f = np.asarray(features)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, d = f.shape
+    mean = f.mean(axis=0, dtype=np.float64) if center else np.zeros(d)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if n > d:
+        gram = np.zeros((d, d))
+        fty = np.zeros((d, num_classes))
+        row_sq = np.empty(n)
+        for start in range(0, n, _CHUNK_ROWS):
+            rows = slice(start, min(start + _CHUNK_ROWS, n))
+            block = f[rows].astype(np.float64) - mean
+            gram += block.T @ block
+            fty += block.T @ _onehot(labels[rows], num_classes)
+            row_sq[rows] = np.einsum("ij,ij->i", block, block)
+        eig, vecs = np.linalg.eigh(gram)
+        keep = eig > max(eig.max(initial=0.0), 0.0) * max(n, d) * np.finfo(np.float64).eps
+        eig, vecs = eig[keep], vecs[:, keep]
+        uy = (vecs.T @ fty) / np.sqrt(eig)[:, None]
+    else:
+        gram = np.zeros((n, n))
+        for start in range(0, d, _CHUNK_COLS):
+            cols = slice(start, min(start + _CHUNK_COLS, d))
+            block = f[:, cols].astype(np.float64) - mean[cols]
+            gram += block @ block.T
+        row_sq = np.diag(gram).copy()
+        eig, vecs = np.linalg.eigh(gram)
+        keep = eig > max(eig.max(initial=0.0), 0.0) * max(n, d) * np.finfo(np.float64).eps
+        eig, vecs = eig[keep], vecs[:, keep]
+        uy = vecs.T @ _onehot(labels, num_classes)
+    return _Spectrum(eig=eig, uy=uy, counts=counts, row_sq=row_sq, n=n, d=d)
+
+
+def _logme_fixed_point(eig: np.ndarray, x2: np.ndarray, res_x2: np.ndarray, n: int,
+                       max_iter: int = 11, tol: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed-point evidence maximisation of LogME for C targets at once (``_fit_fixed_point``).
+
+    Inputs: s = ``eig`` (k,), x2 = (U^T y)^2 (k, C), res_x2 = ||y||^2 - ||U^T y||^2 (C,). Starting from
+    alpha = beta = 1, with t = alpha / beta, each step sets
+        gamma = sum_i s_i / (s_i + t),  m2 = sum_i s_i x2_i / (t + s_i)^2  (= ||m||^2),
+        res2 = sum_i x2_i / (1 + s_i / t)^2 + res_x2  (= ||y - F m||^2),
+        alpha = gamma / (m2 + 1e-5),  beta = (N - gamma) / (res2 + 1e-5),
+    and a target stops (keeping that step's values) once |alpha/beta - t| / t <= ``tol``, at most
+    ``max_iter`` steps. Returns per-target (alpha, beta, m2, res2) as the reference's final state.
+    """
+    c = x2.shape[1]
+    s = eig[:, None]
+    alpha, beta = np.ones(c), np.ones(c)
+    m2, res2 = np.zeros(c), res_x2.copy()
+    active = np.ones(c, dtype=bool)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        t = alpha / beta
+        gamma = (s / (s + t)).sum(axis=0)
+        m2_new = (s * x2 / (t + s) ** 2).sum(axis=0)
+        res2_new = (x2 / (1.0 + s / t) ** 2).sum(axis=0) + res_x2
+        alpha_new = gamma / (m2_new + 1e-5)
+        beta_new = (n - gamma) / (res2_new + 1e-5)
+        converged = np.abs(alpha_new / beta_new - t) / t <= tol
+        alpha = np.where(active, alpha_new, alpha)
+        beta = np.where(active, beta_new, beta)
+        m2 = np.where(active, m2_new, m2)
+        res2 = np.where(active, res2_new, res2)
+        active &= ~converged
+    return alpha, beta, m2, res2
+
+
+def logme_evidences(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """Per-class LogME evidence / N (You et al., ICML 2021; JMLR 2022), float64, shape (C,).
+
+    For class c, y = 1[labels == c] is regressed on F (N x d) with prior w ~ N(0, alpha^-1 I_d) and
+    noise N(0, beta^-1); alpha, beta maximise the evidence by :func:`_logme_fixed_point` and
+        L = d/2 log alpha + N/2 log beta - 1/2 log det(alpha I_d + beta F^T F)
+            - beta/2 ||y - F m||^2 - alpha/2 ||m||^2 - N/2 log 2 pi,
+    with log det(alpha I_d + beta F^T F) = sum_{i<=k} log(alpha + beta s_i) + (d - k) log alpha over the
+    k non-zero eigenvalues s_i. The reference code drops the (d - k) log alpha term, which is wrong
+    when k < d (always when N < d; thuml/LogME issue #23, fix in PR #24); it is included here, so
+    L = k/2 log alpha + ... . Features are used as given (no centring), as in the reference.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    k_s = int(num_classes if num_classes is not None else labels.max() + 1)
+    spec = _spectrum(features, labels, k_s, center=False)
+    n, k = spec.n, spec.eig.shape[0]
+    x2 = spec.uy**2
+    res_x2 = spec.counts - x2.sum(axis=0)  # ||y_c||^2 = n_c for a 0/1 column
+    log2pi = n / 2.0 * np.log(2.0 * np.pi)
+    if k == 0:  # all features zero: y ~ N(0, beta^-1 I), beta maximised in closed form
+        beta = n / (res_x2 + 1e-5)
+        return (n / 2.0 * np.log(beta) - beta / 2.0 * res_x2 - log2pi) / n
+    alpha, beta, m2, res2 = _logme_fixed_point(spec.eig, x2, res_x2, n)
+    evidence = (k / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta)
+                - 0.5 * np.log(alpha[None, :] + beta[None, :] * spec.eig[:, None]).sum(axis=0)
+                - beta / 2.0 * res2 - alpha / 2.0 * m2 - log2pi)
+    return evidence / n
+
+
+def logme_score(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
+    """LogME = mean over the target classes present in ``labels`` of evidence / N (higher is better).
+
+    Absent classes (an all-zero column) are skipped: their "evidence" of fitting y = 0 is unbounded.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    k_s = int(num_classes if num_classes is not None else labels.max() + 1)
+    ev = logme_evidences(features, labels, k_s)
+    present = np.bincount(labels, minlength=k_s) > 0
+    return float(ev[present].mean())
+
+
+def ledoit_wolf_shrinkage_from_spectrum(eig: np.ndarray, row_sq: np.ndarray, n: int, d: int) -> float:
+    """Ledoit-Wolf shrinkage a of centred features, as ``sklearn.covariance.ledoit_wolf_shrinkage``.
+
+    With S = F_c^T F_c / N, mu = tr(S) / d, b = (1/(N^2 d)) sum_n ||f_n||^4 - ||S||_F^2 / (N d) and
+    delta = (||S||_F^2 - d mu^2) / d: a = min(b, delta) / delta (0 when d = 1 or b = 0). Both
+    ||S||_F^2 = sum_i s_i^2 / N^2 and tr(S) = sum_i s_i / N come from the Gram spectrum.
+    """
+    if d == 1:
+        return 0.0
+    frob = float(np.sum(eig**2)) / n**2
+    mu = float(np.sum(eig)) / n / d
+    b = (float(np.sum(row_sq**2)) / n - frob) / (d * n)
+    delta = (frob - d * mu**2) / d
+    b = min(b, delta)
+    return 0.0 if b <= 0 else b / delta
+
+
+def hscore(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
+    """Regularised H-score (Ibrahim et al., NeurIPS 2021) with Ledoit-Wolf shrinkage; higher is better.
+
+    H_a = tr( Sigma_a^+ (1 - a) cov(E[f | y]) ), Sigma_a = (1 - a) S + a mu I the Ledoit-Wolf estimate
+    of the feature covariance (S = F_c^T F_c / N, F_c centred, mu = tr(S)/d, a from
+    :func:`ledoit_wolf_shrinkage_from_spectrum`), cov(E[f | y]) = sum_c n_c m_c m_c^T / (N - 1) with
+    m_c the centred class means (np.cov of the per-sample class means, as tllib's
+    ``regularized_h_score``). The plain H-score inverts S itself, which is singular when N <= d: its
+    pseudo-inverse then whitens every sampled direction equally and the score saturates near
+    K_s - 1 whatever the features, so few-label target sets need the shrunk estimate.
+    Each m_c lies in the row space of F_c, so in the eigenbasis of S
+        H_a = (1 - a)/(N - 1) sum_i [ s_i / ((1 - a) s_i / N + a mu) ] sum_c (u_i^T y_c)^2 / n_c,
+    with s_i the non-zero eigenvalues of F_c^T F_c; no d x d inverse is formed.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    k_s = int(num_classes if num_classes is not None else labels.max() + 1)
+    n = labels.shape[0]
+    if n < 2:
+        raise ScdError("H-score needs at least 2 labeled images")
+    spec = _spectrum(features, labels, k_s, center=True)
+    if spec.eig.size == 0:
+        return 0.0
+    a = ledoit_wolf_shrinkage_from_spectrum(spec.eig, spec.row_sq, n, spec.d)
+    mu = float(np.sum(spec.eig)) / n / spec.d
+    present = spec.counts > 0
+    between = (spec.uy[:, present] ** 2 / spec.counts[present]).sum(axis=1)  # (k,)
+    weights = spec.eig / ((1.0 - a) * spec.eig / n + a * mu)
+    return float((1.0 - a) * np.sum(weights * between) / (n - 1))
+
+
+def hscore_plain(features: np.ndarray, labels: np.ndarray) -> float:
+    """H-score (Bao et al., ICIP 2019): tr( pinv(cov(f)) cov(E[f | y]) ), higher is better.
+
+    cov is ``np.cov`` (1/(N-1)); E[f | y] replaces each feature by its class mean; pinv uses
+    rcond = 1e-15 as the reference. Forms a d x d pseudo-inverse: O(d^3). Degenerate when N <= d.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    y = _onehot(labels, int(labels.max()) + 1)
+    counts = y.sum(axis=0)
+    means = np.divide(y.T @ f, counts[:, None], out=np.zeros((y.shape[1], f.shape[1])),
+                      where=counts[:, None] > 0)
+    g = means[labels]
+    covf = np.atleast_2d(np.cov(f, rowvar=False))
+    covg = np.atleast_2d(np.cov(g, rowvar=False))
+    return float(np.trace(np.linalg.pinv(covf, rcond=1e-15) @ covg))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metric interface and registry
+# ----------------------------------------------------------------------------------------------------
+
+
+class Metric(ABC):
+    """A teacher-assessment score computed from :class:`TeacherOutputs`.
+
+    ``name`` is the registry key, ``higher_is_better`` the direction, ``needs_features`` whether
+    ``outputs.features`` is read (feature metrics cost O(N d min(N, d))), ``description`` one line.
+    """
+
+    name: str = ""
+    higher_is_better: bool = True
+    needs_features: bool = False
+    description: str = ""
+
+    @abstractmethod
+    def score(self, outputs: TeacherOutputs) -> float:
+        """The metric of one teacher on one target set."""
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready description: ``{"higher_is_better", "needs_features", "description"}``."""
+        return {"higher_is_better": self.higher_is_better, "needs_features": self.needs_features,
+                "description": self.description}
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score ``a`` is strictly better than score ``b`` under this metric's direction."""
+        return a > b if self.higher_is_better else a < b
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class ScdMetric(Metric):
+    """SCD: mean OT cost from each teacher prediction to its label, <J, C> (lower is better).
+
+    ``cost="prototype"``: C from :func:`scd_core.costs.prototype_cost` (cosine between head rows and
+    centred target class means), falling back to the conditional cost when the teacher's head is
+    not linear (``head_weight is None``); ``cost="conditional"``: C_ij = clip(-log P(j | i) / log K_s).
+    """
+
+    higher_is_better = False
+    needs_features = False  # uses class_feature_sums only
+
+    def __init__(self, cost: str = "prototype", name: str | None = None, smoothing: float = 1e-3) -> None:
+        if cost not in ("prototype", "conditional"):
+            raise ScdError(f"unknown SCD cost {cost!r}; valid: prototype, conditional")
+        self.cost = cost
+        self.smoothing = smoothing
+        self.name = name or ("scd" if cost == "prototype" else f"scd_{cost}")
+        self.description = (
+            "Mean OT cost from each teacher prediction to its label, <J, C>, with the "
+            + ("prototype cost (conditional for non-linear heads)" if cost == "prototype"
+               else "conditional cost -log P(y|z)") + "; lower is better."
+        )
+
+    def cost_matrix(self, outputs: TeacherOutputs) -> np.ndarray:
+        """The teacher-to-target cost C (K_t x K_s) in [0, 1] used by this metric."""
+        if self.cost == "prototype" and outputs.head_weight is not None:
+            sums = np.asarray(outputs.class_feature_sums, dtype=np.float64)
+            feature_mean = sums.sum(axis=0) / max(outputs.num_samples, 1)
+            return prototype_cost(outputs.head_weight, sums, outputs.class_counts, feature_mean)
+        return conditional_cost(outputs.joint, smoothing=self.smoothing)
+
+    def score(self, outputs: TeacherOutputs) -> float:
+        return scd_from_joint(outputs.joint, self.cost_matrix(outputs))
+
+
+class LeepMetric(Metric):
+    """LEEP (Nguyen et al., ICML 2020): (1/N) sum_n log sum_z p(z|x_n) P(y_n|z); higher is better.
+
+    P(y | z) = J / J.sum(1) from the soft joint; the predictions are streamed chunk by chunk from
+    ``outputs.iter_probabilities`` (a second pass over the stored logits).
+    """
+
+    name = "leep"
+    higher_is_better = True
+    needs_features = False
+    description = "Log expected empirical prediction, mean log sum_z p(z|x) P(y|z) (Nguyen et al. 2020)."
+
+    def __init__(self, chunk_size: int = 4096) -> None:
+        self.chunk_size = chunk_size
+
+    def score(self, outputs: TeacherOutputs) -> float:
+        chunks = ((p, outputs.labels[rows]) for rows, p in outputs.iter_probabilities(self.chunk_size))
+        return leep_from_chunks(outputs.joint, chunks)
+
+
+class NceMetric(Metric):
+    """NCE (Tran et al., ICCV 2019): -H(Y | Z), Z = teacher argmax, from ``hard_joint``; higher is better."""
+
+    name = "nce"
+    higher_is_better = True
+    needs_features = False
+    description = "Negative conditional entropy -H(Y|Z) of labels given the teacher's argmax (Tran et al. 2019)."
+
+    def score(self, outputs: TeacherOutputs) -> float:
+        return nce_from_hard_joint(outputs.hard_joint)
+
+
+class LogmeMetric(Metric):
+    """LogME (You et al., ICML 2021): mean per-class log evidence / N of a Bayesian linear model on the
+    teacher's features; higher is better. See :func:`logme_evidences`."""
+
+    name = "logme"
+    higher_is_better = True
+    needs_features = True
+    description = "Log marginal evidence of a Bayesian linear model on the features, per class (You et al. 2021)."
+
+    def score(self, outputs: TeacherOutputs) -> float:
+        return logme_score(outputs.features, outputs.labels, outputs.num_target_classes)
+
+
+class HscoreMetric(Metric):
+    """Regularised H-score (Bao et al. 2019; Ledoit-Wolf shrinkage of Ibrahim et al. 2021); higher is
+    better. The shrunk covariance keeps the score meaningful when N <= d. See :func:`hscore`."""
+
+    name = "hscore"
+    higher_is_better = True
+    needs_features = True
+    description = ("H-score tr(cov(f)^-1 cov(E[f|y])) with Ledoit-Wolf shrinkage (Bao et al. 2019; "
+                   "Ibrahim et al. 2021).")
+
+    def score(self, outputs: TeacherOutputs) -> float:
+        return hscore(outputs.features, outputs.labels, outputs.num_target_classes)
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (ScdMetric("prototype"), ScdMetric("conditional"), LeepMetric(), NceMetric(), LogmeMetric(),
+              HscoreMetric())
+}
+"""Registry of metrics by name: scd, scd_conditional, leep, nce, logme, hscore."""
+
+DEFAULT_METRICS: tuple[str, ...] = ("scd", "leep", "nce", "logme", "hscore")
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric called ``name``; raises :class:`ScdError` listing the valid names."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ScdError(f"unknown metric {name!r}; valid metrics: {', '.join(METRICS)}") from None
+
+
+def score_all(outputs: TeacherOutputs, names: Sequence[str]) -> dict[str, float]:
+    """Scores of one teacher under each named metric, in the order given (names checked first)."""
+    metrics = [get_metric(name) for name in names]
+    return {m.name: float(m.score(outputs)) for m in metrics}
+
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "METRICS",
+    "HscoreMetric",
+    "LeepMetric",
+    "LogmeMetric",
+    "Metric",
+    "NceMetric",
+    "ScdMetric",
+    "get_metric",
+    "hscore",
+    "hscore_plain",
+    "joint_from_probs",
+    "ledoit_wolf_shrinkage_from_spectrum",
+    "leep_from_chunks",
+    "leep_from_probs",
+    "logme_evidences",
+    "logme_score",
+    "nce_from_hard_joint",
+    "nce_from_labels",
+    "scd_from_joint",
+    "score_all",
+]
