@@ -1,0 +1,76 @@
+"""The ``distill`` and ``validate`` commands of the CLI (see :mod:`scd_core.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .losses import METHODS
+from .trainer import DEFAULT_STUDENT, DistillConfig
+
+
+def _config(args: argparse.Namespace, method: str) -> DistillConfig:
+    return DistillConfig(method=method, student=args.student, epochs=args.epochs, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, weight=args.weight, temperature=args.temperature,
+                         image_size=args.image_size, seed=args.seed, device=args.device)
+
+
+def cmd_distill(args: argparse.Namespace, bar) -> dict:
+    from .assess import as_repository, as_target
+    from .trainer import distill
+
+    target = as_target(args.target)
+    teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
+
+    def progress(event: dict) -> None:
+        if "step" in event and event.get("steps"):
+            bar(event["step"] / event["steps"], f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}")
+
+    result = distill(target, teacher, _config(args, args.method), progress=progress, run_dir=args.out)
+    return {"history": [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_acc": h["val_acc"]}
+                        for h in result.history],
+            "val_acc": result.val_acc, "test_acc": result.test_acc, "student_dir": result.student_dir,
+            "run_dir": result.run_dir, "status": result.status, "timing": result.timing}
+
+
+def cmd_validate(args: argparse.Namespace, bar) -> dict:
+    from .validate import validate
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    done = {"n": 0}
+
+    def progress(event: dict) -> None:
+        done["n"] += 1
+        bar(0.0, f"{event['teacher']} {event['method']} seed {event['seed']}: {event['accuracy']:.3f}")
+
+    return validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
+                    config=_config(args, args.method), device=args.device, progress=progress)
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", default=DEFAULT_STUDENT, help="timm architecture of the student")
+    p.add_argument("--epochs", type=int, default=DistillConfig.epochs)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight", type=float, default=DistillConfig.weight, help="lambda of the teacher term")
+    p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_commands(sub, common) -> None:
+    p = sub.add_parser("distill", help="distill one teacher into a small student")
+    common(p)
+    p.add_argument("--teacher", help="teacher name (not needed for --method ce)")
+    p.add_argument("--method", default="scd", choices=list(METHODS))
+    p.add_argument("--out", help="run folder (default: a new folder under the workspace)")
+    _training_options(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("validate", help="distill from each teacher and check every metric's ranking")
+    common(p)
+    p.add_argument("--top", type=int, help="only the top K teachers by the first metric")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--method", default="scd", choices=list(METHODS))
+    p.add_argument("--metrics", default="scd,leep,nce,logme,hscore")
+    _training_options(p)
+    p.set_defaults(func=cmd_validate)

@@ -1,0 +1,109 @@
+"""Checking a ranking against ground truth: distill from each teacher and correlate.
+
+For each teacher (or the top K by the first metric) and each seed, a student is distilled with the
+chosen method; its accuracy (test split when there is one, else val) is the ground truth. For each
+metric, the agreement between score (oriented so that higher means better) and mean accuracy is
+reported as weighted Kendall tau (``scipy.stats.weightedtau``, hyperbolic weights on the top),
+Kendall tau, Pearson r, and the top-1 relative accuracy acc(top-scored) / max acc.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .assess import as_repository, as_target, rank
+from .targets import TargetSet
+from .teachers import TeacherRepository
+from .trainer import DistillConfig, distill
+
+
+def ranking_agreement(scores: np.ndarray, accuracy: np.ndarray, higher_is_better: bool) -> dict[str, float | None]:
+    """Weighted tau, Kendall tau, Pearson r and top-1 relative accuracy of one metric."""
+    s = np.asarray(scores, dtype=float) * (1.0 if higher_is_better else -1.0)
+    acc = np.asarray(accuracy, dtype=float)
+    ok = np.isfinite(s) & np.isfinite(acc)
+    s, acc = s[ok], acc[ok]
+    if s.size < 2:
+        return {"weighted_tau": None, "kendall_tau": None, "pearson": None, "top1_relative_accuracy": None}
+
+    def clean(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    constant = np.ptp(s) == 0 or np.ptp(acc) == 0
+    return {
+        "weighted_tau": None if constant else clean(stats.weightedtau(s, acc).statistic),
+        "kendall_tau": None if constant else clean(stats.kendalltau(s, acc).statistic),
+        "pearson": None if constant else clean(stats.pearsonr(s, acc).statistic),
+        "top1_relative_accuracy": clean(acc[int(np.argmax(s))] / acc.max()) if acc.max() > 0 else None,
+    }
+
+
+def validate(
+    target: TargetSet | str | Path,
+    repo: TeacherRepository | str | Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    top: int | None = None,
+    seeds: int = 3,
+    config: DistillConfig | None = None,
+    include_baseline: bool = True,
+    device: str = "auto",
+    progress: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """Distill from each teacher over ``seeds`` seeds and score the ranking of every metric."""
+    target, repo = as_target(target), as_repository(repo)
+    base = config or DistillConfig(device=device)
+    table = rank(target, repo, metrics=metrics, device=device)
+    names = list(table.index[:top] if top else table.index)
+    split = "test" if target.split("test") else "val"
+
+    def run(teacher, method: str) -> list[float]:
+        accs = []
+        for seed in range(seeds):
+            if cancel is not None and cancel.is_set():
+                break
+            cfg = replace(base, method=method, seed=seed)
+            res = distill(target, teacher, cfg, cancel=cancel)
+            accs.append(res.test_acc if split == "test" else res.val_acc)
+            if progress:
+                progress({"teacher": teacher.name if teacher else None, "method": method, "seed": seed,
+                          "accuracy": accs[-1]})
+        return accs
+
+    rows = []
+    for name in names:
+        accs = run(repo.get(name), base.method)
+        rows.append({"name": name, "scores": {m: _num(table.loc[name, m]) for m in table.attrs["metrics"]},
+                     "accuracies": accs, "accuracy_mean": float(np.mean(accs)) if accs else None,
+                     "accuracy_std": float(np.std(accs)) if accs else None})
+    acc = np.array([r["accuracy_mean"] if r["accuracy_mean"] is not None else np.nan for r in rows])
+    agreement = {
+        m: ranking_agreement(np.array([r["scores"][m] if r["scores"][m] is not None else np.nan for r in rows]),
+                             acc, info["higher_is_better"])
+        for m, info in table.attrs["metrics"].items()
+    }
+    result = {
+        "target": target.summary(),
+        "method": base.method,
+        "student": base.student,
+        "epochs": base.epochs,
+        "seeds": seeds,
+        "accuracy_split": split,
+        "teachers": rows,
+        "metrics": agreement,
+    }
+    if include_baseline:
+        ce = run(None, "ce")
+        result["baseline_ce"] = {"accuracies": ce, "accuracy_mean": float(np.mean(ce)) if ce else None}
+    return result
+
+
+def _num(x) -> float | None:
+    return float(x) if np.isfinite(x) else None
