@@ -8,10 +8,14 @@ and is renamed into place only when complete, so a failed upload leaves nothing 
 
 from __future__ import annotations
 
+import contextlib
+import lzma
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -33,10 +37,8 @@ class ArchiveLimits:
 def _entry_name(info: zipfile.ZipInfo) -> str:
     name = info.filename
     if not info.flag_bits & 0x800:  # no UTF-8 flag: zipfile decoded as cp437; try UTF-8 first
-        try:
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
             name = name.encode("cp437").decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            pass
     return name
 
 
@@ -68,6 +70,8 @@ def safe_extract_zip(archive: str | Path, dest: str | Path, limits: ArchiveLimit
                 raise error(f"{archive.name}: entry {name!r} is a symbolic link")
             if info.is_dir() or _is_ignored(rel.parts):
                 continue
+            if info.flag_bits & 0x1:
+                raise error(f"{archive.name}: entry {name!r} is encrypted; upload an archive without a password")
             if rel.suffix.lower() in ARCHIVE_SUFFIXES:
                 raise error(f"{archive.name}: entry {name!r} is a nested archive; unpack it first")
             if info.file_size > (1 << 20) and info.file_size > limits.max_ratio * max(info.compress_size, 1):
@@ -99,19 +103,22 @@ def safe_extract_zip(archive: str | Path, dest: str | Path, limits: ArchiveLimit
             if dest.exists():
                 shutil.rmtree(dest)
             tmp.rename(dest)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise error(f"{archive.name}: corrupt archive ({exc})") from exc
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, NotImplementedError) as exc:
+            raise error(f"{archive.name}: corrupt or unsupported archive ({exc})") from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
-def single_top_folder(root: Path) -> Path:
-    """Descend through folders that are the only entry of their parent (``data.zip/data/...``)."""
+def single_top_folder(root: Path, keep: Callable[[Path], bool] | None = None) -> Path:
+    """Descend through folders that are the only entry of their parent (``data.zip/data/...``).
+
+    ``keep(child)`` true stops the descent at ``root`` (e.g. the only child is a class or split folder).
+    """
     while True:
         children = [c for c in root.iterdir() if not _is_ignored((c.name,))]
-        if len(children) == 1 and children[0].is_dir():
+        if len(children) == 1 and children[0].is_dir() and not (keep and keep(children[0])):
             root = children[0]
         else:
             return root

@@ -1,4 +1,4 @@
-"""Content fingerprints (sha256) for files, memoised by (path, size, mtime) so re-ranks stay cheap."""
+"""Content fingerprints (sha256) for files, memoised by (path, inode, size, mtime) so re-ranks stay cheap."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-_FILE_MEMO: dict[tuple[str, int, int], str] = {}
+_FILE_MEMO: dict[tuple[str, int, int, int], str] = {}
 _CHUNK = 1 << 20
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes; recomputed whenever its size or modification time changes."""
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
     digest = _FILE_MEMO.get(key)
     if digest is None:
         h = hashlib.sha256()

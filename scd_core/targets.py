@@ -129,7 +129,7 @@ def _stratified_val(labels: np.ndarray, val_fraction: float, seed: int) -> np.nd
     is_val = np.zeros(labels.shape[0], dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        n_val = min(max(1, int(round(val_fraction * idx.size))), idx.size - 1)
+        n_val = min(max(1, round(val_fraction * idx.size)), idx.size - 1)
         is_val[rng.permutation(idx)[:n_val]] = True
     return is_val
 
@@ -297,6 +297,13 @@ def _read_csv(path: Path) -> list[_Record]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _is_data_folder(folder: Path) -> bool:
+    """A split folder, or a class folder (images directly inside): part of the data, not a wrapper."""
+    if folder.name.lower() in (*SPLITS, UNLABELED):
+        return True
+    return any(is_image_name(p.name) and p.is_file() for p in folder.iterdir())
+
+
 def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
                 extract_dir: Path | None = None) -> TargetSet:
     """Load and validate a target set from a folder, a .zip, a CSV or ``demo:WORLD``."""
@@ -318,14 +325,14 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
         dest = (extract_dir or subdir("uploads", "targets")) / file_sha256(path)[:16]
         if not dest.exists():
             safe_extract_zip(path, dest, error=TargetSetError)
-        ts = load_target(single_top_folder(dest), val_fraction=val_fraction, seed=seed)
+        ts = load_target(single_top_folder(dest, keep=_is_data_folder), val_fraction=val_fraction, seed=seed)
         ts.name, ts.source = path.stem, str(path)
         return ts
     if path.is_file() and path.suffix.lower() == ".csv":
         records = _read_csv(path)
         return _build(records, path.parent.resolve(), path.stem, str(path), val_fraction=val_fraction, seed=seed)
     if path.is_dir():
-        root = single_top_folder(path)
+        root = single_top_folder(path, keep=_is_data_folder)
         csvs = sorted(p for p in root.glob("*.csv") if not p.name.startswith("."))
         if len(csvs) > 1:
             raise TargetSetError(f"{root}: several CSV files ({', '.join(p.name for p in csvs)}); keep one")

@@ -10,6 +10,7 @@ normal HF cache (offline when ``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -86,6 +87,21 @@ def _imagenet_label_names(num_classes: int, pretrained_cfg: dict[str, Any]) -> l
     return [_short_description(d) for d in names]
 
 
+@functools.lru_cache(maxsize=1)
+def _imagenet_info():
+    from timm.data import ImageNetInfo
+
+    return ImageNetInfo("imagenet-1k")  # its lemma table covers the synsets of every ImageNet subset
+
+
+def _synset_description(synset: str) -> str | None:
+    """WordNet lemmas of an ImageNet synset id (any subset, e.g. Imagenette's 10) from timm's class info."""
+    try:
+        return _imagenet_info().label_name_to_description(synset)
+    except KeyError:
+        return None
+
+
 def _short_description(description: str) -> str:
     return description.split(",")[0].strip()
 
@@ -110,12 +126,11 @@ def resolve_label_names(config: dict[str, Any], num_classes: int) -> list[str]:
             )
         if names and all(_SYNSET.match(n) for n in names):
             descriptions = config.get("label_descriptions") or {}
-            readable = [descriptions.get(n) for n in names]
+            if not isinstance(descriptions, dict):
+                descriptions = {}
+            readable = [descriptions.get(n) or _synset_description(n) for n in names]
             if all(readable):
                 return [_short_description(d) for d in readable]
-            imagenet = _imagenet_label_names(num_classes, config.get("pretrained_cfg", {}))
-            if imagenet is not None:
-                return imagenet
         return list(names)
     imagenet = _imagenet_label_names(num_classes, config.get("pretrained_cfg", {}))
     return imagenet if imagenet is not None else [f"class_{i}" for i in range(num_classes)]

@@ -1,0 +1,555 @@
+"""Tests of scd_core.targets and scd_core.images on real files: layouts, formats, splits, errors."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    make_teacher,
+    make_zip,
+    write_csv,
+    write_csv_target,
+    write_image,
+    write_image_folder,
+)
+from PIL import Image
+
+import scd_core.images
+from scd_core.errors import TargetSetError
+from scd_core.images import check_image_bytes, load_rgb
+from scd_core.targets import UNLABELED_INDEX, TargetImageDataset, load_target
+from scd_core.teachers import load_teacher, spec_from_folder, teacher_transform
+from scd_core.workspace import workspace_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread is faster, and avoids OpenMP spin-waits on a busy 2-core machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _splits(ts) -> dict[str, str]:
+    return {it.rel: it.split for it in ts.items}
+
+
+def _counts(ts, split: str) -> dict[str, int]:
+    return {c: v[split] for c, v in ts.counts().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Image formats and modes
+# ----------------------------------------------------------------------------------------------
+
+IMAGE_CASES = [
+    ("rgb.png", "RGB", {}),
+    ("rgb.jpg", "RGB", {}),
+    ("rgb.jpeg", "RGB", {}),
+    ("rgb.bmp", "RGB", {}),
+    ("rgb.webp", "RGB", {}),
+    ("rgb.tif", "RGB", {}),
+    ("rgb.tiff", "RGB", {}),
+    ("palette.gif", "P", {}),
+    ("animated.gif", "RGB", {"frames": 3}),
+    ("animated.webp", "RGB", {"frames": 2}),
+    ("cmyk.jpg", "CMYK", {}),
+    ("cmyk.tif", "CMYK", {}),
+    ("grey16.png", "I;16", {}),
+    ("grey16.tif", "I;16", {}),
+    ("palette_transparent.png", "P", {"transparency": True}),
+    ("rgba.png", "RGBA", {}),
+    ("rgba.webp", "RGBA", {}),
+    ("rgba.tif", "RGBA", {}),
+    ("grey.bmp", "L", {}),
+    ("grey.jpg", "L", {}),
+    ("grey_alpha.png", "LA", {}),
+    ("bilevel.png", "1", {}),
+    ("bilevel.bmp", "1", {}),
+    ("int32.tif", "I", {}),
+    ("float.tif", "F", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "mode", "kwargs"), IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
+def test_load_rgb_every_format_and_mode(tmp_path, name, mode, kwargs):
+    path = write_image(tmp_path / name, size=(20, 12), mode=mode, seed=3, **kwargs)
+    with Image.open(path) as raw:
+        if mode in ("CMYK", "I;16", "RGBA", "L", "LA", "P"):
+            assert raw.mode.startswith(mode[0])  # really stored in that mode
+    img = load_rgb(path)
+    assert img.mode == "RGB"
+    assert img.size == (20, 12)
+    assert check_image_bytes(path.read_bytes(), name) == (20, 12)
+
+
+def test_sixteen_bit_png_keeps_its_range(tmp_path):
+    """A 16-bit grey ramp maps onto 0..255 (not saturated to white, not crushed to black)."""
+    ramp = np.linspace(0, 65535, 32 * 8).reshape(8, 32).astype(np.uint16)
+    path = tmp_path / "ramp.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as raw:
+        assert raw.mode == "I;16"
+    px = np.asarray(load_rgb(path))
+    assert px.shape == (8, 32, 3)
+    assert px.min() <= 2 and px.max() >= 253
+    assert (px[..., 0] == px[..., 1]).all()
+    assert len(np.unique(px)) > 100
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    with Image.open(path) as raw:
+        assert raw.n_frames == 3
+        raw.seek(2)  # even when the file handle was left on another frame, loading starts afresh
+    assert load_rgb(path).getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_transparent_palette_and_cmyk_colours(tmp_path):
+    pal = Image.new("P", (16, 16), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.save(tmp_path / "p.png", transparency=0)
+    assert load_rgb(tmp_path / "p.png").getpixel((0, 0)) == (10, 200, 30)
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "red.jpg", quality=95)
+    r, g, b = load_rgb(tmp_path / "red.jpg").getpixel((8, 8))
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_mixed_formats_in_one_target_set(tmp_path):
+    root = tmp_path / "mixed"
+    for i, (name, mode, kwargs) in enumerate(IMAGE_CASES):
+        write_image(root / ("a" if i % 2 else "b") / name, size=16, mode=mode, seed=i, **kwargs)
+    ts = load_target(root)
+    assert ts.class_names == ["a", "b"]
+    assert len(ts.items) == len(IMAGE_CASES)
+    ds = TargetImageDataset(ts.items, lambda img: torch.from_numpy(np.asarray(img).copy()))
+    for k in range(len(ds)):
+        x, label, index = ds[k]
+        assert x.shape == (16, 16, 3) and x.dtype == torch.uint8
+        assert label in (0, 1) and index == k
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageFolder layouts and splits
+# ----------------------------------------------------------------------------------------------
+
+
+def test_imagefolder_seeded_stratified_split(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 10, "b": 5, "c": 2})
+    ts = load_target(root, seed=0)
+    assert ts.class_names == ["a", "b", "c"]
+    assert ts.num_classes == 3 and len(ts.items) == 17
+    assert not ts.split_given
+    assert _counts(ts, "val") == {"a": 2, "b": 1, "c": 1}
+    assert _counts(ts, "train") == {"a": 8, "b": 4, "c": 1}
+    assert _counts(ts, "test") == {"a": 0, "b": 0, "c": 0}
+    assert len(ts.assessment_items) == 17
+    # deterministic for a seed; another seed picks other validation images
+    assert _splits(load_target(root, seed=0)) == _splits(ts)
+    assert any(_splits(load_target(root, seed=s)) != _splits(ts) for s in (1, 2, 3))
+    # every seed keeps >= 1 train and >= 1 val image per class
+    for s in range(5):
+        other = load_target(root, seed=s, val_fraction=0.5)
+        for c, row in other.counts().items():
+            assert row["train"] >= 1 and row["val"] >= 1, (s, c, row)
+    summary = ts.summary()
+    assert summary["splits"] == {"train": 13, "val": 4, "test": 0, "unlabeled": 0}
+    assert summary["fingerprint"] == ts.fingerprint and summary["num_classes"] == 3
+
+
+def test_items_ordered_and_labeled(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"b": 3, "a": 3})
+    ts = load_target(root)
+    for it in ts.items:
+        assert ts.class_names[it.label] == Path(it.rel).parent.name
+        assert it.path.is_file() and len(it.sha256) == 64
+    order = {"train": 0, "val": 1, "test": 2, "unlabeled": 3}
+    keys = [(order[it.split], it.label, it.rel) for it in ts.items]
+    assert keys == sorted(keys)
+
+
+def test_split_folders_with_test_and_unlabeled(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {}, splits={"train": {"a": 4, "b": 3}, "val": {"a": 2, "b": 2},
+                                                          "test": {"a": 2, "b": 1}}, unlabeled=3)
+    ts = load_target(root)
+    assert ts.split_given
+    assert ts.counts() == {"a": {"train": 4, "val": 2, "test": 2}, "b": {"train": 3, "val": 2, "test": 1}}
+    assessed = ts.assessment_items
+    assert len(assessed) == 11
+    assert {it.split for it in assessed} == {"train", "val"}
+    assert all(it.label >= 0 for it in assessed)
+    unlabeled = ts.split("unlabeled")
+    assert len(unlabeled) == 3 and all(it.label == UNLABELED_INDEX for it in unlabeled)
+    assert all(it.rel.startswith("unlabeled/") for it in unlabeled)
+    assert [it.split for it in ts.items][-3:] == ["unlabeled"] * 3
+    assert ts.summary()["splits"] == {"train": 7, "val": 4, "test": 3, "unlabeled": 3}
+
+
+def test_train_only_split_folders_carve_val(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 6, "b": 2}, splits=["train"])
+    ts = load_target(root)
+    assert ts.split_given
+    assert ts.counts() == {"a": {"train": 5, "val": 1, "test": 0}, "b": {"train": 1, "val": 1, "test": 0}}
+    assert all(it.rel.startswith("train/") for it in ts.items)
+
+
+def test_train_and_test_folders_carve_val_from_train_only(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {}, splits={"train": {"a": 5, "b": 5}, "test": {"a": 3, "b": 3}})
+    ts = load_target(root)
+    for it in ts.items:
+        assert (it.split == "test") == it.rel.startswith("test/")
+    assert _counts(ts, "val") == {"a": 1, "b": 1}
+    assert _counts(ts, "test") == {"a": 3, "b": 3}
+
+
+def test_unlabeled_folder_beside_classes(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3}, unlabeled=2)
+    ts = load_target(root)
+    assert ts.class_names == ["a", "b"]
+    assert len(ts.split("unlabeled")) == 2 and len(ts.assessment_items) == 6
+
+
+def test_enclosing_folder_is_descended(tmp_path):
+    write_image_folder(tmp_path / "outer" / "inner", {"a": 2, "b": 2})
+    ts = load_target(tmp_path / "outer")
+    assert ts.class_names == ["a", "b"]
+    assert ts.root == (tmp_path / "outer" / "inner").resolve()
+
+
+def test_unicode_class_names(tmp_path):
+    names = {"ネコ": 3, "σκύλος": 3, "café": 2, "Ωmega 2": 2}
+    root = write_image_folder(tmp_path / "ユニコード", names, fmt="jpg")
+    ts = load_target(root)
+    assert ts.class_names == sorted(names)
+    assert Counter(ts.class_names[it.label] for it in ts.items) == Counter(names)
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV
+# ----------------------------------------------------------------------------------------------
+
+
+def test_csv_paths_labels_and_unlabeled(tmp_path):
+    labels = {"img/1.png": "cat", "img/2.png": "cat", "img/3.png": "dog", "img/sub/4.png": "dog",
+              "img/5.png": "dog", "img/6.png": None, "7.png": None}
+    csv_path = write_csv_target(tmp_path / "data", labels)
+    ts = load_target(csv_path)
+    assert ts.class_names == ["cat", "dog"]
+    assert ts.name == "labels" and not ts.split_given
+    assert ts.root == (tmp_path / "data").resolve()
+    got = {it.rel: (ts.class_names[it.label] if it.label >= 0 else None) for it in ts.items}
+    assert got == labels
+    assert {it.rel for it in ts.split("unlabeled")} == {"img/6.png", "7.png"}
+    assert _counts(ts, "val") == {"cat": 1, "dog": 1}
+    # the folder holding one CSV loads the same set
+    assert load_target(tmp_path / "data").fingerprint == ts.fingerprint
+
+
+def test_csv_with_split_column(tmp_path):
+    labels = {f"{c}{i}.png": c for c in ("x", "y") for i in range(4)} | {"u.png": None, "v.png": "x"}
+    splits = {"x0.png": "train", "x1.png": "train", "x2.png": "val", "x3.png": "test",
+              "y0.png": "Train", "y1.png": "train", "y2.png": "VAL", "y3.png": "test", "v.png": "unlabeled"}
+    csv_path = write_csv_target(tmp_path / "d", labels, splits=splits)
+    ts = load_target(csv_path)
+    assert ts.split_given
+    assert ts.counts() == {"x": {"train": 2, "val": 1, "test": 1}, "y": {"train": 2, "val": 1, "test": 1}}
+    assert {it.rel for it in ts.split("unlabeled")} == {"u.png", "v.png"}
+    assert {it.rel for it in ts.assessment_items} == {"x0.png", "x1.png", "x2.png", "y0.png", "y1.png", "y2.png"}
+
+
+def test_csv_latin1_accented_class_names(tmp_path):
+    labels = {"a1.png": "café", "a2.png": "café", "b1.png": "crème brûlée", "b2.png": "crème brûlée",
+              "c1.png": "Ñandú", "c2.png": "Ñandú"}
+    csv_path = write_csv_target(tmp_path / "d", labels, encoding="latin-1")
+    assert "é".encode("latin-1") in csv_path.read_bytes()
+    ts = load_target(csv_path)
+    assert ts.class_names == sorted({"café", "crème brûlée", "Ñandú"})
+
+
+def test_csv_utf8_bom_and_header_case(tmp_path):
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    (tmp_path / "l.csv").write_text("\ufeffPath , LABEL\n0.png,猫\n1.png,猫\n2.png,犬\n3.png,犬\n", encoding="utf-8")
+    ts = load_target(tmp_path / "l.csv")
+    assert ts.class_names == ["犬", "猫"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Zip
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [None, "data", "outer/inner"])
+def test_zip_of_imagefolder(tmp_path, prefix):
+    src = write_image_folder(tmp_path / "src", {"a": 3, "b": 3}, unlabeled=1)
+    archive = make_zip(src, tmp_path / "upload" / "set.zip", prefix=prefix)
+    ts = load_target(archive)
+    assert ts.name == "set" and ts.source == str(archive)
+    assert ts.class_names == ["a", "b"] and len(ts.items) == 7
+    ws = workspace_dir().resolve()
+    assert all(ws in it.path.resolve().parents for it in ts.items)  # extracted inside the workspace
+    assert sorted(p.name for p in (tmp_path / "upload").iterdir()) == ["set.zip"]  # nothing beside the zip
+    assert ts.fingerprint == load_target(src).fingerprint  # same content, same fingerprint
+    assert load_target(archive).fingerprint == ts.fingerprint  # re-load reuses the extraction
+
+
+def test_zip_extract_dir_and_split_layout(tmp_path):
+    src = write_image_folder(tmp_path / "src", {}, splits={"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}})
+    archive = make_zip(src, tmp_path / "s.zip", prefix="top")
+    ts = load_target(archive, extract_dir=tmp_path / "x")
+    assert all((tmp_path / "x").resolve() in it.path.resolve().parents for it in ts.items)
+    assert ts.split_given and _counts(ts, "test") == {"a": 1, "b": 1}
+
+
+def test_zip_of_train_only_split_keeps_split_folder(tmp_path):
+    src = write_image_folder(tmp_path / "src", {"a": 3, "b": 3}, splits=["train"])
+    ts = load_target(make_zip(src, tmp_path / "t.zip", prefix="top"), extract_dir=tmp_path / "x")
+    assert ts.split_given and ts.class_names == ["a", "b"]
+
+
+@pytest.mark.parametrize(("encoding", "names"), [("utf-8", {"ネコ": 2, "σκύλος": 2, "café": 2}),
+                                                 ("cp437", {"café": 2, "naïve": 2, "Ärger": 2})])
+def test_zip_legacy_name_encodings(tmp_path, encoding, names):
+    src = write_image_folder(tmp_path / "src", names)
+    archive = make_zip(src, tmp_path / "legacy.zip", prefix="top", legacy_encoding=encoding)
+    ts = load_target(archive, extract_dir=tmp_path / "x")
+    assert ts.class_names == sorted(names)
+
+
+def test_zip_of_csv_target(tmp_path):
+    labels = {"i/1.png": "p", "i/2.png": "p", "i/3.png": "q", "i/4.png": "q", "i/5.png": None}
+    write_csv_target(tmp_path / "src", labels)
+    ts = load_target(make_zip(tmp_path / "src", tmp_path / "c.zip", prefix="w"), extract_dir=tmp_path / "x")
+    assert ts.class_names == ["p", "q"] and len(ts.split("unlabeled")) == 1
+
+
+def test_bad_zip_is_a_target_set_error(tmp_path):
+    (tmp_path / "bad.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(TargetSetError, match=r"bad\.zip: not a valid zip"):
+        load_target(tmp_path / "bad.zip", extract_dir=tmp_path / "x")
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../evil.png", b"x")
+    with pytest.raises(TargetSetError, match="path traversal"):
+        load_target(archive, extract_dir=tmp_path / "x")
+    assert not (tmp_path / "evil.png").exists()
+    assert not (tmp_path / "x").exists() or list((tmp_path / "x").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Fingerprints and datasets
+# ----------------------------------------------------------------------------------------------
+
+
+def test_fingerprint_tracks_bytes_and_labels(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    fp = load_target(root).fingerprint
+    assert load_target(root).fingerprint == fp
+    copy = shutil.copytree(root, tmp_path / "elsewhere")
+    assert load_target(copy).fingerprint == fp  # content, not location
+    write_image(copy / "a" / "001.png", seed=999)
+    assert load_target(copy).fingerprint != fp
+    # a label change (same bytes): move an image to the other class
+    copy2 = shutil.copytree(root, tmp_path / "moved")
+    shutil.move(copy2 / "a" / "002.png", copy2 / "b" / "a002.png")
+    assert load_target(copy2).fingerprint != fp
+
+
+def test_fingerprint_changes_with_csv_label(tmp_path):
+    labels = {f"{i}.png": "x" if i < 3 else "y" for i in range(6)}
+    csv_path = write_csv_target(tmp_path / "d", labels)
+    fp = load_target(csv_path).fingerprint
+    assert load_target(csv_path).fingerprint == fp
+    write_csv(csv_path, [(rel, "y" if rel == "0.png" else lab) for rel, lab in labels.items()])
+    assert load_target(csv_path).fingerprint != fp
+
+
+def test_dataset_with_teacher_eval_transform(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 2, "b": 2}, size=24, unlabeled=1)
+    ts = load_target(root)
+    model = load_teacher(spec_from_folder(make_teacher(tmp_path / "t", 3, img_size=16)))
+    transform, cfg_fp = teacher_transform(model)
+    assert len(cfg_fp) == 64
+    ds = TargetImageDataset(ts.items, transform)
+    assert len(ds) == 5
+    batch = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert batch.shape == (5, 3, 16, 16) and batch.dtype == torch.float32
+    assert [ds[i][1] for i in range(len(ds))] == [it.label for it in ts.items]
+    assert ds[4][1] == UNLABELED_INDEX
+    with torch.no_grad():
+        assert model(batch).shape == (5, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: TargetSetError (a ValueError) naming the file and the problem
+# ----------------------------------------------------------------------------------------------
+
+
+def _refused(spec, match: str, **kwargs) -> str:
+    with pytest.raises(TargetSetError, match=match) as info:
+        load_target(spec, **kwargs)
+    assert isinstance(info.value, ValueError)
+    return str(info.value)
+
+
+def test_error_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "empty" in _refused(tmp_path / "empty", "no images found")
+
+
+def test_error_only_unlabeled(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {}, unlabeled=3)
+    _refused(root, "no classes")
+    csv_path = write_csv_target(tmp_path / "c", {"1.png": None, "2.png": None})
+    _refused(csv_path, r"labels\.csv: no classes")
+
+
+def test_error_empty_class_folder(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 2, "b": 2})
+    (root / "c").mkdir()
+    _refused(root, r"class folder 'c' holds no images")
+
+
+def test_error_single_class(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"cat": 4})
+    _refused(root, r"only one class \('cat'\)")
+    _refused(write_image_folder(tmp_path / "ds2", {"cat": 4}, splits=["train", "val"]), r"only one class \('cat'\)")
+
+
+def test_error_class_with_one_image(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "lonely": 1})
+    _refused(root, r"at least 2 labeled train/val images.*'lonely' \(1\)")
+
+
+def test_error_class_only_in_test(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {}, splits={"train": {"a": 3, "b": 3}, "test": {"a": 1, "c": 2}})
+    _refused(root, r"'c' \(0\)")
+
+
+def test_error_unreadable_image(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    (root / "b" / "broken.png").write_bytes(np.random.default_rng(0).bytes(500))
+    _refused(root, r"b/broken\.png: not a readable image")
+
+
+def test_error_truncated_image(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    data = (root / "a" / "000.png").read_bytes()
+    (root / "a" / "000.png").write_bytes(data[:20])
+    _refused(root, r"a/000\.png")
+
+
+def test_error_non_image_file(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    (root / "a" / "notes.txt").write_text("hello")
+    _refused(root, r"a/notes\.txt: unsupported file type")
+
+
+def test_error_image_with_wrong_suffix_content(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    (root / "a" / "fake.jpg").write_text("<html>not an image</html>")
+    _refused(root, r"a/fake\.jpg: not a readable image")
+
+
+def test_error_file_outside_class_folder(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    write_image(root / "stray.png")
+    _refused(root, r"stray\.png: file outside a class folder")
+
+
+def test_error_entry_beside_split_folders(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "b": 3}, splits=["train"])
+    (root / "extra").mkdir()
+    _refused(root, r"extra: unexpected entry beside split folders")
+
+
+def test_error_class_names_differ_only_in_case(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"Cat": 2, "cat": 2, "dog": 2})
+    _refused(root, r"'Cat' and 'cat' differ only in case")
+    labels = {"1.png": "Dog", "2.png": "Dog", "3.png": "dog", "4.png": "dog"}
+    _refused(write_csv_target(tmp_path / "c", labels), r"differ only in case")
+
+
+def test_error_csv_missing_image(tmp_path):
+    csv_path = write_csv_target(tmp_path / "d", {"1.png": "a", "2.png": "a", "3.png": "b", "4.png": "b"})
+    with open(csv_path, "a", encoding="utf-8") as fh:
+        fh.write("gone/5.png,b\n")
+    _refused(csv_path, r"labels\.csv:6: image 'gone/5\.png' does not exist")
+
+
+def test_error_csv_missing_column(tmp_path):
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    csv_path = write_csv(tmp_path / "l.csv", [(f"{i}.png",) for i in range(4)], header=("path",))
+    _refused(csv_path, r"l\.csv: missing column\(s\) label")
+    csv_path = write_csv(tmp_path / "l.csv", [("a",), ("b",)], header=("file", "class"))
+    _refused(csv_path, r"missing column\(s\) path, label")
+
+
+def test_error_csv_path_escapes_folder(tmp_path):
+    write_image(tmp_path / "outside.png")
+    csv_path = write_csv_target(tmp_path / "d", {"1.png": "a", "2.png": "a", "3.png": "b", "4.png": "b"})
+    with open(csv_path, "a", encoding="utf-8") as fh:
+        fh.write("../outside.png,b\n")
+    _refused(csv_path, r"path '\.\./outside\.png' escapes the CSV's folder")
+    abs_csv = write_csv(tmp_path / "d" / "labels.csv", [("1.png", "a"), ("2.png", "a"), ("3.png", "b"),
+                                                        (str(tmp_path / "outside.png"), "b")])
+    _refused(abs_csv, "escapes the CSV's folder")
+
+
+def test_error_csv_symlink_escaping_folder(tmp_path):
+    write_image(tmp_path / "secret.png")
+    csv_path = write_csv_target(tmp_path / "d", {"1.png": "a", "2.png": "a", "3.png": "b", "4.png": "b"})
+    (tmp_path / "d" / "link.png").symlink_to(tmp_path / "secret.png")
+    with open(csv_path, "a", encoding="utf-8") as fh:
+        fh.write("link.png,b\n")
+    _refused(csv_path, "escapes the CSV's folder")
+
+
+def test_error_csv_unknown_split(tmp_path):
+    csv_path = write_csv_target(tmp_path / "d", {"1.png": "a", "2.png": "a", "3.png": "b", "4.png": "b"},
+                                splits={"1.png": "training"})
+    _refused(csv_path, r"labels\.csv:2: unknown split 'training'")
+
+
+def test_error_csv_listed_twice_and_non_image(tmp_path):
+    csv_path = write_csv_target(tmp_path / "d", {"1.png": "a", "2.png": "a", "3.png": "b", "4.png": "b"})
+    with open(csv_path, "a", encoding="utf-8") as fh:
+        fh.write("1.png,b\n")
+    _refused(csv_path, r"1\.png: listed twice")
+    (tmp_path / "d" / "x.txt").write_text("x")
+    write_csv(csv_path, [("1.png", "a"), ("2.png", "a"), ("3.png", "b"), ("x.txt", "b")])
+    _refused(csv_path, r"'x\.txt' is not a supported image type")
+
+
+def test_error_csv_empty_and_several(tmp_path):
+    csv_path = write_csv(tmp_path / "d" / "l.csv", [])
+    _refused(csv_path, "lists no images")
+    write_csv(tmp_path / "d" / "m.csv", [])
+    _refused(tmp_path / "d", "several CSV files")
+
+
+def test_error_nonexistent_path(tmp_path):
+    _refused(tmp_path / "nowhere", r"nowhere: no such file or folder")
+    _refused(tmp_path / "nowhere.csv", "no such file or folder")
+    (tmp_path / "file.txt").write_text("x")
+    _refused(tmp_path / "file.txt", "expected a folder, a .zip, a .csv")
+
+
+def test_error_image_over_pixel_limit(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "ds", {"a": 2, "b": 2}, size=16)
+    write_image(root / "b" / "huge.png", size=(40, 30))
+    monkeypatch.setattr(scd_core.images, "MAX_IMAGE_PIXELS", 1000)
+    _refused(root, r"b/huge\.png: image of 40x30 pixels exceeds the limit of 1000 pixels")
+    with pytest.raises(TargetSetError, match="exceeds the limit"):
+        load_rgb(root / "b" / "huge.png")
+    assert load_rgb(root / "a" / "000.png").size == (16, 16)
