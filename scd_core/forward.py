@@ -138,8 +138,11 @@ def teacher_outputs(
     loader = make_loader(items, transform, dev, batch_size, num_workers)
     tmp = cache.new_entry_dir()
     try:
-        logits_file = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float16,
-                                                shape=(len(items), spec.num_classes))
+        # plain appends, not a writable memmap: written pages never count against the process
+        logits_file = open(tmp / "logits.npy", "wb")  # noqa: SIM115 - closed below, also on error
+        np.lib.format.write_array_header_1_0(
+            logits_file, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                          "shape": (len(items), spec.num_classes)})
         acc: StatsAccumulator | None = None
         features = None
         done = 0
@@ -153,13 +156,14 @@ def teacher_outputs(
                 features = np.empty((len(items), pre.shape[1]), dtype=np.float32)
             b = labels.shape[0]
             acc.update(logits, pre, labels.to(dev))
-            logits_file[done:done + b] = logits.cpu().numpy().astype(np.float16)
+            logits_file.write(logits.cpu().numpy().astype(np.float16).tobytes())
             features[done:done + b] = pre.cpu().numpy()
             done += b
             if progress:
                 progress(done / len(items), f"{spec.name}: {done}/{len(items)} images")
-        logits_file.flush()
-        del logits_file
+        logits_file.close()
+        if done != len(items):
+            raise TeacherError(f"teacher {spec.name!r}: forward pass saw {done} of {len(items)} images")
         assert acc is not None and features is not None
         t_forward = time.perf_counter() - t1
         outputs = TeacherOutputs(
@@ -180,5 +184,7 @@ def teacher_outputs(
             return outputs
         return cache.save_entry(key, tmp, outputs)
     finally:
+        if "logits_file" in locals() and not logits_file.closed:
+            logits_file.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -71,8 +71,11 @@ def leep_from_chunks(joint: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.nd
     tiny = np.finfo(np.float64).tiny
     for probs, labels in chunks:
         labels = np.asarray(labels, dtype=np.int64)
-        # sum_z p(z|x_n) P(y_n|z): gather the needed columns of P(y|z) (K_t x B), then a row-wise dot.
-        eep = np.einsum("bz,zb->b", np.asarray(probs, dtype=np.float64), cond[:, labels])
+        # sum_z p(z|x_n) P(y|z) for every y as one (B, K_t) x (K_t, K_s) product in the chunk's dtype
+        # (no B x K_t float64 copy), then pick each image's own label.
+        probs = np.asarray(probs)
+        eep = (probs @ cond.astype(probs.dtype, copy=False))[np.arange(labels.shape[0]), labels]
+        eep = eep.astype(np.float64)
         total += float(np.log(np.maximum(eep, tiny)).sum())
         count += labels.shape[0]
     if count == 0:

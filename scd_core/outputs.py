@@ -26,8 +26,10 @@ TOP_K = 5
 
 def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float32, numerically stable."""
-    z = logits.astype(np.float32, copy=False) / np.float32(temperature)
-    z = z - z.max(axis=1, keepdims=True)
+    z = np.array(logits, dtype=np.float32)  # the only full-size temporary; the rest is in place
+    if temperature != 1.0:
+        z /= np.float32(temperature)
+    z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
@@ -80,12 +82,28 @@ class TeacherOutputs:
     def feature_dim(self) -> int:
         return int(self.features.shape[1])
 
-    def iter_probabilities(self, chunk_size: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
-        """Yield ``(rows, p)`` with p = softmax(logits[rows] / T) as float32, chunk by chunk."""
+    def iter_probabilities(self, chunk_size: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(rows, p)`` with p = softmax(logits[rows] / T) as float32, chunk by chunk.
+
+        The default chunk holds about 16 M probabilities (64 MB), whatever K_t; on-disk logits are
+        read with plain file reads, so the pages read do not stay mapped into the process.
+        """
         n = self.num_samples
-        for start in range(0, n, chunk_size):
-            rows = slice(start, min(start + chunk_size, n))
-            yield rows, softmax_np(np.asarray(self.logits[rows]), self.temperature)
+        chunk = chunk_size or max(64, min(4096, (1 << 24) // max(self.num_teacher_classes, 1)))
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            yield rows, softmax_np(self.logit_rows(rows), self.temperature)
+
+    def logit_rows(self, rows: slice) -> np.ndarray:
+        """Logits of a contiguous block of rows as an in-memory array."""
+        logits = self.logits
+        if isinstance(logits, np.memmap) and logits.filename:
+            k = logits.shape[1]
+            count = (rows.stop - rows.start) * k
+            with open(logits.filename, "rb") as fh:
+                fh.seek(logits.offset + rows.start * k * logits.itemsize)
+                return np.fromfile(fh, dtype=logits.dtype, count=count).reshape(-1, k)
+        return np.asarray(logits[rows])
 
     @classmethod
     def from_arrays(

@@ -184,8 +184,9 @@ def test_leep_chunked_equals_direct_formula():
     p_y_given_z = joint / joint.sum(1, keepdims=True)
     direct = np.mean(np.log(np.sum(probs * p_y_given_z[:, y].T, axis=1)))
     assert leep_from_probs(probs, y) == pytest.approx(direct, rel=1e-12)
+    # streamed chunks are float32 products (inputs are float16 logits): agreement to float32 precision
     for chunk in (1, 7, 64, 4096):
-        assert LeepMetric(chunk_size=chunk).score(outputs) == pytest.approx(direct, rel=1e-9)
+        assert LeepMetric(chunk_size=chunk).score(outputs) == pytest.approx(direct, rel=1e-6)
     assert np.allclose(joint_from_probs(probs, y, k_s), outputs.joint, atol=1e-12)
 
 
