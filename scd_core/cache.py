@@ -69,6 +69,7 @@ def save_entry(key: str, tmp: Path, outputs: TeacherOutputs) -> TeacherOutputs:
         os.replace(tmp, final)
     except OSError:  # another process published the same entry first: theirs is as good as ours
         shutil.rmtree(tmp, ignore_errors=True)
+    evict(keep=key)  # keep the cache under its size limit, oldest entries first
     published = load_entry(key, verify=False)
     if published is None:
         return outputs
@@ -108,22 +109,28 @@ def cache_size_bytes() -> int:
     return sum(f.stat().st_size for f in _root().rglob("*") if f.is_file())
 
 
-def evict(max_bytes: int | None = None) -> list[str]:
+def evict(max_bytes: int | None = None, keep: str | None = None) -> list[str]:
     """Delete least-recently-used entries until the cache holds at most ``max_bytes``.
 
-    The default comes from ``SCD_CACHE_MAX_BYTES`` (20 GiB when unset). Returns the removed keys.
+    The default comes from ``SCD_CACHE_MAX_BYTES`` (20 GiB when unset); the entry ``keep`` (the one
+    just written) is never removed. Returns the removed keys.
     """
     limit = max_bytes if max_bytes is not None else int(os.environ.get("SCD_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
     entries = []
-    for folder in _root().iterdir():
+    for folder in list(_root().iterdir()):
         if folder.is_dir() and not folder.name.startswith("."):
-            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            entries.append((folder.stat().st_mtime, size, folder))
+            try:
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                entries.append((folder.stat().st_mtime, size, folder))
+            except FileNotFoundError:  # removed meanwhile by another process
+                continue
     total = sum(e[1] for e in entries)
     removed = []
     for _, size, folder in sorted(entries):
         if total <= limit:
             break
+        if folder.name == keep:
+            continue
         shutil.rmtree(folder, ignore_errors=True)
         total -= size
         removed.append(folder.name)

@@ -162,3 +162,15 @@ def test_transport_plan_kinds_and_marginals(world, tmp_path):
     assert len(top.rows) == 3 and top.matrix.sum() <= plan.matrix.sum()
     with pytest.raises(ScdError, match="kind"):
         transport_plan(target, repo, "teacher_9", "heatmap", device="cpu")
+
+
+def test_cache_evicts_least_recently_used_entries(world, fresh_cache, monkeypatch):
+    from scd_core import cache
+
+    target, repo = world
+    first = teacher_outputs(repo.get("teacher_3"), target, device="cpu")
+    size_one = cache.cache_size_bytes()
+    monkeypatch.setenv("SCD_CACHE_MAX_BYTES", str(int(size_one * 1.5)))
+    teacher_outputs(repo.get("teacher_4"), target, device="cpu")  # publishing evicts the older entry
+    assert not first.source_dir.exists()
+    assert cache.cache_size_bytes() <= size_one * 1.5 + 1
