@@ -93,7 +93,7 @@ def teacher_predictions(spec: TeacherSpec, items: Sequence[TargetItem], *, devic
     model = (model or load_teacher(spec, dev)).to(dev).eval()
     logits_all, feats_all, done = [], [], 0
     for pre, logits, _ in forward_batches(model, make_loader(items, transform, dev, batch_size), dev):
-        logits_all.append(logits.cpu().numpy().astype(np.float16))
+        logits_all.append(logits.half().cpu().numpy())
         feats_all.append(pre.cpu().numpy())
         done += pre.shape[0]
         if progress:
@@ -156,7 +156,7 @@ def teacher_outputs(
                 features = np.empty((len(items), pre.shape[1]), dtype=np.float32)
             b = labels.shape[0]
             acc.update(logits, pre, labels.to(dev))
-            logits_file.write(logits.cpu().numpy().astype(np.float16).tobytes())
+            logits_file.write(logits.half().cpu().numpy().tobytes())  # torch's f16 cast: ~20x numpy's
             features[done:done + b] = pre.cpu().numpy()
             done += b
             if progress:
