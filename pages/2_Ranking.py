@@ -1,0 +1,132 @@
+"""Ranking: score every teacher on the target set (one forward pass each), table and bar chart, CSV."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import ui
+from scd_core import ScdError
+from scd_core.assess import rank
+from scd_core.figures import direction_label, ranking_bar, sort_ranking
+from scd_core.metrics import DEFAULT_METRICS, METRICS
+
+st.title("Ranking")
+st.markdown(
+    "Each teacher runs once over the labeled train and val images; every metric comes from that pass. "
+    "**scd** is the mean optimal-transport cost from the teacher's prediction to the label (lower is better); "
+    "LEEP, NCE, LogME and H-score are the usual baselines (higher is better)."
+)
+
+target = ui.require_target()
+repo = ui.require_repository()
+
+with st.form("rank_form", border=True):
+    left, right = st.columns([3, 2])
+    with left:
+        ui.valid_choice("w_rank_teachers", repo.names, multi=True)
+        if "w_rank_teachers" not in st.session_state:
+            st.session_state["w_rank_teachers"] = list(repo.names)
+        teachers = st.multiselect("Teachers", repo.names, key="w_rank_teachers", **ui.PERSIST)
+        if "w_rank_metrics" not in st.session_state:
+            st.session_state["w_rank_metrics"] = list(DEFAULT_METRICS)
+        metrics = st.multiselect("Metrics (the first ranks by default)", list(METRICS), key="w_rank_metrics",
+                                 **ui.PERSIST, help="; ".join(f"{n}: {m.description}" for n, m in METRICS.items()))
+    with right:
+        budget_on = st.checkbox("Budgeted assessment (successive halving)", key="w_rank_budget_on", **ui.PERSIST,
+                                help="Score all teachers on a small stratified subset, keep the better half, "
+                                     "double the subset, repeat: about `budget` of a full scan's forward passes.")
+        ui.init_widget("w_rank_budget", 0.5)
+        budget = st.slider("Budget (fraction of a full scan)", 0.1, 1.0, step=0.05, key="w_rank_budget", **ui.PERSIST)
+    submitted = st.form_submit_button("Rank teachers", type="primary")
+
+budget_value = float(budget) if budget_on and budget < 1 else None
+specs = [repo.get(n) for n in teachers]
+key = (target.fingerprint, tuple(s.fingerprint for s in specs), tuple(metrics), budget_value)
+store: dict = st.session_state.setdefault("rankings", {})
+
+if submitted:
+    if not teachers:
+        st.error("Choose at least one teacher.")
+    elif not metrics:
+        st.error("Choose at least one metric.")
+    else:
+        bar = st.progress(0.0, text="Starting…")
+        try:
+            table = rank(target, repo, teachers=teachers, metrics=metrics, budget=budget_value, device=ui.device(),
+                         progress=ui.progress_callback(bar))
+        except ScdError as exc:
+            bar.empty()
+            ui.show_error(exc, "Ranking failed: ")
+        except Exception as exc:  # never a traceback in the app
+            bar.empty()
+            ui.show_error(exc, "Ranking failed: ")
+        else:
+            bar.empty()
+            store[key] = table
+            st.session_state["last_ranking_key"] = key
+
+table: pd.DataFrame | None = store.get(key)
+if table is None and st.session_state.get("last_ranking_key") in store:
+    last = store[st.session_state["last_ranking_key"]]
+    if last.attrs.get("target", {}).get("fingerprint") == target.fingerprint:
+        table = last
+        st.info("Showing the last ranking; the settings above changed since (press **Rank teachers** to update).")
+if table is None:
+    st.info("Press **Rank teachers** to score the teachers.")
+    st.stop()
+
+metric_names = [m for m in table.attrs["metrics"] if m in table.columns]
+ui.valid_choice("w_rank_by", metric_names)
+rank_by = st.columns([2, 3])[0].selectbox(
+    "Rank by", metric_names, key="w_rank_by", **ui.PERSIST,
+    format_func=lambda m: f"{m} ({direction_label(table.attrs['metrics'][m]['higher_is_better'])})")
+ordered = sort_ranking(table, rank_by)
+if "round" in ordered.columns and ordered["round"].nunique() > 1:  # survivors of later rounds first
+    ordered = pd.concat([sort_ranking(g, rank_by) for _, g in
+                         sorted(ordered.groupby("round"), key=lambda kv: -kv[0])])
+    ordered.attrs = dict(table.attrs)
+best = str(ordered.index[0])
+st.session_state["best_teacher"] = best
+info = table.attrs["metrics"]
+st.success(f"Best teacher by **{rank_by}**: **{best}**")
+
+
+def _arrow(metric: str) -> str:
+    return f"{metric} {'↑' if info[metric]['higher_is_better'] else '↓'}"
+
+
+shown = ordered.rename(columns={m: _arrow(m) for m in metric_names})
+shown.insert(0, "rank", range(1, len(shown) + 1))
+
+
+def _highlight_best(column: pd.Series) -> list[str]:
+    metric = column.name.split(" ")[0]
+    values = ordered[metric].astype(float)
+    target_value = values.max() if info[metric]["higher_is_better"] else values.min()
+    return ["background-color: #ffd8d8; font-weight: bold" if v == target_value else "" for v in values]
+
+
+styled = shown.style.apply(_highlight_best, subset=[_arrow(m) for m in metric_names]).format(
+    {_arrow(m): "{:.4f}" for m in metric_names})
+column_config = {_arrow(m): st.column_config.NumberColumn(help=f"{info[m]['description']} "
+                                                               f"({direction_label(info[m]['higher_is_better'])})")
+                 for m in metric_names}
+column_config["num_classes"] = st.column_config.NumberColumn("teacher classes")
+column_config["images"] = st.column_config.NumberColumn("images scored",
+                                                        help="Labeled images the scores came from (budget rounds "
+                                                             "use subsets).")
+st.subheader("Ranking table")
+st.caption("↑ higher is better, ↓ lower is better; the best value of each metric is highlighted.")
+st.dataframe(styled, width="stretch", column_config=column_config)
+timing = table.attrs.get("timing", {})
+if timing:
+    st.caption(f"Computed in {timing.get('total_s', 0):.1f} s (forward passes {timing.get('forward_s', 0):.1f} s, "
+               f"metrics {timing.get('metrics_s', 0):.1f} s; cached teacher outputs are reused).")
+st.download_button("Download ranking (CSV)", ordered.to_csv().encode("utf-8"), file_name="ranking.csv",
+                   mime="text/csv", key="w_rank_csv", icon=":material/download:")
+st.plotly_chart(ranking_bar(ordered, rank_by), key="rank_bar")
+
+st.divider()
+st.page_link("pages/3_Transport_plans.py", label=f"Next: how {best}'s labels map onto yours",
+             icon=":material/arrow_forward:")

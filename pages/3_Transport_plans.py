@@ -1,0 +1,116 @@
+"""Transport plans: how one teacher's label space maps onto the target's (plan, soft joint, cost), with drill-downs."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.common import ui
+from scd_core import ScdError
+from scd_core.figures import ROW_ORDERS, class_sources, image_flow, matrix_heatmap
+
+st.title("Transport plans")
+st.markdown(
+    "The **plan** G moves the teacher's mean prediction onto the target's label frequencies at the least "
+    "total cost: each row shows where one teacher class's mass goes. The **soft joint** J is what the teacher "
+    "predicts, on average, for images of each target class. The **cost** C compares each teacher class's "
+    "classifier weights with each target class's mean feature (0 = close)."
+)
+
+target = ui.require_target()
+repo = ui.require_repository()
+
+names = repo.names
+ui.valid_choice("w_plan_teacher", names)
+if "w_plan_teacher" not in st.session_state and st.session_state.get("best_teacher") in names:
+    st.session_state["w_plan_teacher"] = st.session_state["best_teacher"]
+teacher = st.selectbox("Teacher", names, key="w_plan_teacher", **ui.PERSIST,
+                       help="The best teacher of the last ranking is chosen first.")
+spec = repo.get(teacher)
+try:
+    outputs = ui.teacher_outputs(spec, target)
+except ScdError as exc:
+    ui.show_error(exc, f"Cannot run teacher {teacher}: ")
+    st.stop()
+except Exception as exc:
+    ui.show_error(exc, f"Cannot run teacher {teacher}: ")
+    st.stop()
+
+k_t = outputs.num_teacher_classes
+controls = st.columns([2, 2, 2, 2])
+with controls[0]:
+    kind = st.radio("Matrix", ["plan", "joint", "cost"], horizontal=True, key="w_plan_kind", **ui.PERSIST,
+                    format_func={"plan": "plan G", "joint": "soft joint J", "cost": "cost C"}.get)
+with controls[1]:
+    cost = st.selectbox("Cost", ["prototype", "conditional"], key="w_plan_cost", **ui.PERSIST, disabled=kind == "joint",
+                        help="prototype: cosine between head rows and target class means; conditional: "
+                             "-log P(target | teacher class) from the soft joint.")
+with controls[2]:
+    eps = st.select_slider("Entropic regularisation (plan)", options=[0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
+                           key="w_plan_eps", **ui.PERSIST, disabled=kind != "plan",
+                           help="0: the exact plan (network simplex); above 0: a smoother Sinkhorn plan.")
+with controls[3]:
+    order = st.selectbox("Row order", ROW_ORDERS, key="w_plan_order", **ui.PERSIST,
+                         help="blocks: rows grouped by the target class they favour, then by mass; "
+                              "mass: by total mass; original: the teacher's class order.")
+top_k = k_t
+if k_t > 10:
+    if not 5 <= st.session_state.get("w_plan_topk", 0) <= min(k_t, 200):
+        st.session_state["w_plan_topk"] = min(k_t, 40)
+    top_k = st.slider(f"Teacher classes shown (top by mass, of {k_t})", 5, min(k_t, 200), key="w_plan_topk",
+                      **ui.PERSIST)
+
+try:
+    matrix = ui.plan_matrix(target.fingerprint, spec.fingerprint, kind, cost, float(eps) or None, outputs)
+    plan = matrix if kind == "plan" else ui.plan_matrix(target.fingerprint, spec.fingerprint, "plan", cost,
+                                                        float(eps) or None, outputs)
+except ScdError as exc:
+    ui.show_error(exc)
+    st.stop()
+
+st.plotly_chart(matrix_heatmap(matrix, top_k=top_k, order=order,
+                               title=None), key="plan_heatmap")
+st.download_button(f"Download the {kind} matrix (CSV, all {k_t} teacher classes)",
+                   matrix.to_frame().to_csv().encode("utf-8"), file_name=f"{teacher}-{kind}.csv", mime="text/csv",
+                   key="w_plan_csv")
+
+st.header("Drill into a target class")
+ui.valid_choice("w_plan_class", target.class_names)
+target_class = st.selectbox("Target class", target.class_names, key="w_plan_class", **ui.PERSIST)
+left, right = st.columns([3, 2])
+source = matrix if kind in ("plan", "joint") else plan
+with left:
+    st.plotly_chart(class_sources(source, target_class, top_k=min(10, k_t)), key="plan_class_sources")
+with right:
+    index = target.class_names.index(target_class)
+    examples = [it for it in target.assessment_items if it.label == index][:12]
+    st.markdown(f"**Examples of '{target_class}'**")
+    ui.thumbnails([it.path for it in examples], per_row=4, width=84)
+
+st.header("Drill into one image")
+by_rel = {it.rel: it for it in target.assessment_items}
+image_ids = list(outputs.image_ids)
+labels = [target.class_names[int(y)] for y in outputs.labels]
+options = list(range(len(image_ids)))
+ui.valid_choice("w_plan_image", options)
+row = st.selectbox("Image", options, key="w_plan_image", **ui.PERSIST,
+                   format_func=lambda i: f"{image_ids[i]} ({labels[i]})")
+left, right = st.columns([1, 4])
+with left:
+    item = by_rel.get(image_ids[row])
+    if item is not None:
+        st.image(str(item.path), width=160, caption=f"label: {labels[row]}")
+    top = [(outputs.teacher_labels[int(c)], float(p)) for c, p in zip(outputs.top_classes[row], outputs.top_probs[row])]
+    st.markdown("**Top teacher classes**")
+    for name, p in top:
+        st.markdown(f"- {name}: {p:.1%}")
+with right:
+    try:
+        fig = image_flow([n for n, _ in top], [p for _, p in top], plan, true_label=labels[row],
+                         title="Where this image's top teacher classes send their mass (through the plan's rows)")
+    except ValueError as exc:
+        ui.show_error(exc)
+    else:
+        st.plotly_chart(fig, key="plan_image_flow")
+
+st.divider()
+st.page_link("pages/4_Distill.py", label=f"Next: distill {teacher} into a student", icon=":material/arrow_forward:")

@@ -1,0 +1,236 @@
+"""Distill: start background runs (teacher x method), watch live curves, cancel, compare against ``ce``, download."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import ui
+from scd_core import ScdError
+from scd_core.figures import run_comparison, training_curves
+from scd_core.jobs import distill_job
+from scd_core.losses import METHODS
+from scd_core.session import session_dir, zip_folder
+from scd_core.trainer import DEFAULT_STUDENT, DistillConfig
+
+STUDENTS = (DEFAULT_STUDENT, "resnet18", "mobilenetv3_small_100", "efficientnet_b0", "test_resnet",
+            "test_efficientnet", "test_convnext")
+METHOD_HELP = {
+    "scd": "CE + OT between teacher and student predictions through the label-space cost (any label space)",
+    "translate": "CE + KD against the teacher's prediction carried into your labels by the plan",
+    "kd": "CE + Hinton KD (only when the teacher has exactly your classes)",
+    "rkd": "CE + relational KD on features (any label space)",
+    "ce": "labels only: the baseline without a teacher",
+}
+
+st.title("Distill")
+st.markdown(
+    "Train a small student from scratch on your labeled images (and the unlabeled ones, through the teacher). "
+    "Runs continue in the background while you browse the other pages; compare them against the `ce` baseline."
+)
+
+target = ui.require_target()
+repo = ui.require_repository()
+manager = ui.job_manager()
+sid = ui.session_id()
+
+# ------------------------------------------------------------------------------------------------
+# Start runs
+# ------------------------------------------------------------------------------------------------
+
+with st.form("distill_form"):
+    left, middle, right = st.columns(3)
+    with left:
+        ui.valid_choice("w_dist_teachers", repo.names, multi=True)
+        if "w_dist_teachers" not in st.session_state:
+            best = st.session_state.get("best_teacher")
+            st.session_state["w_dist_teachers"] = [best if best in repo.names else repo.names[0]]
+        teachers = st.multiselect("Teachers", repo.names, key="w_dist_teachers", **ui.PERSIST)
+        if "w_dist_methods" not in st.session_state:
+            st.session_state["w_dist_methods"] = ["scd", "ce"]
+        methods = st.multiselect("Methods", list(METHODS), key="w_dist_methods", **ui.PERSIST,
+                                 help="\n".join(f"- **{m}**: {METHOD_HELP.get(m, '')}" for m in METHODS))
+    with middle:
+        student = st.selectbox("Student architecture", STUDENTS, key="w_dist_student", **ui.PERSIST,
+                               help="timm architecture trained from scratch; test_* are tiny (for quick trials).")
+        for key, value in (("w_dist_epochs", 15), ("w_dist_batch", 64), ("w_dist_seed", 0), ("w_dist_lr", 0.0),
+                           ("w_dist_weight", 1.0), ("w_dist_temp", 4.0), ("w_dist_unlabeled", True)):
+            ui.init_widget(key, value)
+        epochs = st.number_input("Epochs", 1, 500, key="w_dist_epochs", **ui.PERSIST)
+        batch = st.number_input("Batch size", 2, 1024, key="w_dist_batch", **ui.PERSIST)
+    with right:
+        seed = st.number_input("Seed", 0, 10_000, key="w_dist_seed", **ui.PERSIST)
+        with st.expander("More options"):
+            lr = st.number_input("Learning rate (0: default)", 0.0, 10.0, format="%.4f", key="w_dist_lr", **ui.PERSIST)
+            weight = st.number_input("Teacher weight λ", 0.0, 100.0, key="w_dist_weight", **ui.PERSIST)
+            temperature = st.number_input("Temperature T", 0.1, 50.0, key="w_dist_temp", **ui.PERSIST)
+            use_unlabeled = st.checkbox("Use unlabeled images", key="w_dist_unlabeled", **ui.PERSIST)
+    start = st.form_submit_button("Start runs", type="primary")
+
+if start:
+    if not methods:
+        st.error("Choose at least one method.")
+    elif any(m != "ce" for m in methods) and not teachers:
+        st.error("Choose at least one teacher (or only the ce method).")
+    else:
+        started = 0
+        for method in methods:
+            for teacher in ([None] if method == "ce" else teachers):
+                config = DistillConfig(method=method, student=student, epochs=int(epochs), batch_size=int(batch),
+                                       seed=int(seed), device=ui.device(), lr=float(lr) or None, weight=float(weight),
+                                       temperature=float(temperature), use_unlabeled=bool(use_unlabeled))
+                spec = repo.get(teacher) if teacher else None
+                run_dir = session_dir(sid, "runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+                label = f"{method} ← {teacher}" if teacher else "ce (no teacher)"
+                meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
+                        "seed": int(seed), "target": target.name, "target_fp": target.fingerprint,
+                        "run_dir": str(run_dir)}
+                try:
+                    manager.submit(sid, distill_job(target, spec, config, run_dir), label=label, kind="distill",
+                                   meta=meta)
+                except ScdError as exc:
+                    ui.show_error(exc)
+                    break
+                started += 1
+        if started:
+            st.session_state["runs_started"] = started
+            st.rerun()  # the sidebar and the poller pick up the new runs
+if st.session_state.pop("runs_started", 0):
+    st.toast("Runs started: they continue while you browse the other pages.")
+
+# ------------------------------------------------------------------------------------------------
+# Runs: a fragment that polls the job manager every second while something runs
+# ------------------------------------------------------------------------------------------------
+
+
+def _runs() -> list[dict]:
+    return [j for j in manager.jobs(sid) if j["kind"] == "distill"]
+
+
+def _cancel(job_id: str) -> None:
+    manager.cancel(sid, job_id)
+
+
+def _live(jobs: list[dict]) -> None:
+    active = [j for j in jobs if j["active"]]
+    if active:
+        st.subheader(f"Running ({len(active)})")
+        for job in active:
+            cols = st.columns([5, 1], vertical_alignment="bottom")
+            with cols[0]:
+                status = "waiting for a worker" if job["status"] == "queued" else job["message"]
+                st.progress(job["progress"], text=f"**{job['label']}** · {status}")
+            with cols[1]:
+                st.button("Cancel", key=f"cancel-{job['id']}", on_click=_cancel, args=(job["id"],),
+                          disabled=job["status"] == "cancelling")
+    for job in [j for j in jobs if j["status"] == "failed"][-5:]:
+        st.error(f"{job['label']}: {job['error']}", icon=":material/block:")
+    with_history = [j for j in jobs if j["history"] and j["meta"].get("target_fp") == target.fingerprint]
+    if with_history:
+        curves = [{"label": j["label"], "history": j["history"], "baseline": j["meta"].get("method") == "ce"}
+                  for j in with_history[-12:]]
+        st.plotly_chart(training_curves(curves, title="Training curves" + (" (live)" if active else "")),
+                        key="dist_curves")
+    elif not active:
+        st.info("No runs yet: choose teachers and methods above and press **Start runs**.")
+
+
+def _baseline(job: dict, done: list[dict]) -> float | None:
+    """Validation accuracy of the latest ce run with the same student, epochs and seed."""
+    meta = job["meta"]
+    for other in reversed(done):
+        m = other["meta"]
+        if m.get("method") == "ce" and other["status"] == "finished" and all(
+                m.get(k) == meta.get(k) for k in ("student", "epochs", "seed")):
+            return other["result"]["val_acc"]
+    return None
+
+
+def _comparison(jobs: list[dict]) -> None:
+    done = [j for j in jobs if j["status"] in ("finished", "cancelled") and j["result"]
+            and j["meta"].get("target_fp") == target.fingerprint]
+    if not done:
+        return
+    st.header("Compare against the ce baseline")
+    rows = []
+    for job in done:
+        result, meta = job["result"], job["meta"]
+        base = _baseline(job, done) if meta.get("method") != "ce" else None
+        rows.append({
+            "run": job["label"], "teacher": meta.get("teacher") or "—", "method": meta.get("method"),
+            "student": meta.get("student"), "epochs": len(result.get("history", [])), "status": job["status"],
+            "val_acc": result.get("val_acc"), "test_acc": result.get("test_acc"),
+            "Δ val vs ce": result.get("val_acc") - base if base is not None else None,
+        })
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True, column_config={
+        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
+        "test_acc": st.column_config.NumberColumn("test acc", format="percent"),
+        "Δ val vs ce": st.column_config.NumberColumn(format="percent",
+                                                     help="Validation accuracy minus that of the ce run with the "
+                                                          "same student, epochs and seed."),
+    })
+    baselines = [r["val_acc"] for r in rows if r["method"] == "ce"]
+    chart, _ = st.columns([3, 2])
+    with chart:
+        st.plotly_chart(run_comparison([{"label": r["run"], "val_acc": r["val_acc"], "baseline": r["method"] == "ce"}
+                                        for r in rows], baseline=baselines[-1] if baselines else None),
+                        key="dist_compare")
+
+
+def _history(jobs: list[dict]) -> None:
+    if not jobs:
+        return
+    st.header("Run history (this session)")
+    st.dataframe(pd.DataFrame([{
+        "started": datetime.fromtimestamp(j["started"] or j["created"]).strftime("%H:%M:%S"),
+        "run": j["label"], "target": j["meta"].get("target"), "status": j["status"],
+        "epochs done": len(j["history"]), "val_acc": (j["result"] or {}).get("val_acc"),
+        "test_acc": (j["result"] or {}).get("test_acc"), "seconds": round(j["elapsed"], 1),
+        "message": j["error"] or j["message"],
+    } for j in reversed(jobs)]), width="stretch", hide_index=True, column_config={
+        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
+        "test_acc": st.column_config.NumberColumn("test acc", format="percent")})
+
+
+was_active = any(j["active"] for j in _runs())
+
+
+def runs_section() -> None:
+    """Live progress with cancel buttons, curves, the comparison with ce and the history."""
+    jobs = _runs()
+    _live(jobs)
+    _comparison(jobs)
+    _history(jobs)
+    if was_active and not any(j["active"] for j in jobs):
+        st.rerun(scope="app")  # refresh the downloads and the sidebar
+
+
+st.header("Runs")
+st.fragment(runs_section, run_every="1s" if was_active else None)()
+
+# ------------------------------------------------------------------------------------------------
+# Downloads (outside the poller: a student is zipped only when shown)
+# ------------------------------------------------------------------------------------------------
+
+downloadable = [j for j in _runs() if j["status"] in ("finished", "cancelled") and j["result"]
+                and Path(j["result"].get("student_dir", "")).is_dir()]
+if downloadable:
+    st.subheader("Download a student")
+    labels = {j["id"]: f"{j['label']} (val {j['result']['val_acc']:.1%}, {j['status']})" for j in downloadable}
+    ui.valid_choice("w_dist_download", list(labels))
+    choice = st.selectbox("Run", list(labels), format_func=labels.get, key="w_dist_download")
+    job = next(j for j in downloadable if j["id"] == choice)
+    st.caption("A teacher folder (config.json + model.safetensors): loads with plain timm and can join a "
+               "teacher repository.")
+    try:
+        data = zip_folder(Path(job["result"]["student_dir"]), arcname=f"student-{job['meta'].get('method')}-{choice}")
+    except ScdError as exc:
+        ui.show_error(exc)
+    else:
+        st.download_button("Download student (.zip)", data, file_name=f"student-{choice}.zip",
+                           mime="application/zip", key="w_dist_zip", icon=":material/download:")

@@ -1,0 +1,392 @@
+"""What every page shares: page setup and sidebar, the session, the current target set and teachers,
+cached engine calls and error display. The engine work itself lives in ``scd_core``.
+
+State kept in ``st.session_state`` (plain data, per browser session):
+
+- ``scd_session``: the session id naming ``<workspace>/sessions/<id>/`` and the session's jobs;
+- ``target_spec`` / ``target_label``: the current target set (``demo:WORLD``, an uploaded zip, a folder);
+- ``teacher_sources``: a :class:`scd_core.session.TeacherSources`;
+- ``rankings``: computed rankings by settings key; ``best_teacher``: the top of the last ranking.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from scd_core import ScdError
+from scd_core.jobs import ACTIVE_STATES, SHARED_SESSION, JobManager, default_manager, demo_build_job
+from scd_core.session import (
+    TeacherSources,
+    collect_teachers,
+    configured_teacher_folders,
+    new_session_id,
+    remove_session,
+    session_dir,
+)
+
+APP_TITLE = "Selective cross-task distillation explorer"
+
+
+# ------------------------------------------------------------------------------------------------
+# Session, jobs, device
+# ------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def job_manager() -> JobManager:
+    """The process-wide job manager; a closed session's files are deleted once its jobs stopped."""
+    manager = default_manager()
+    if remove_session not in manager.on_session_closed:
+        manager.on_session_closed.append(remove_session)
+    return manager
+
+
+def _runtime_alive(runtime_session_id: str) -> bool:
+    """Whether Streamlit still has this browser session (True when that cannot be told, e.g. in tests)."""
+    try:
+        from streamlit.runtime import Runtime
+
+        if not Runtime.exists():
+            return True
+        answer = Runtime.instance().is_active_session(runtime_session_id)
+        return answer if isinstance(answer, bool) else True
+    except Exception:
+        return True
+
+
+def session_id() -> str:
+    """This browser session's id (a uuid kept in session state)."""
+    if "scd_session" not in st.session_state:
+        st.session_state["scd_session"] = new_session_id()
+    return st.session_state["scd_session"]
+
+
+def device() -> str:
+    """The device engine calls use: ``$SCD_DEVICE`` or ``auto`` (cuda, then mps, then cpu)."""
+    return os.environ.get("SCD_DEVICE", "auto") or "auto"
+
+
+@st.cache_resource(show_spinner=False)
+def device_label(name: str) -> str:
+    from scd_core.device import describe_device, resolve_device
+
+    try:
+        return describe_device(resolve_device(name))
+    except ScdError as exc:
+        return f"unavailable: {exc}"
+
+
+PERSIST: dict[str, Any] = {"persist_state": "session"}
+"""Keyword arguments keeping a widget's value across page switches (``key`` required)."""
+
+
+def show_error(exc: BaseException, prefix: str = "") -> None:
+    """A readable message for an engine error; unexpected errors show their type, never a traceback."""
+    # ScdError, TargetSetError and TeacherError are ValueErrors: their message is written for users
+    message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    st.error(f"{prefix}{message}" if prefix else message, icon=":material/block:")
+
+
+def setup_app() -> None:
+    """Run by ``app.py`` before every page: page config, session registration and the sidebar."""
+    st.set_page_config(page_title="SCD explorer", page_icon=":material/hub:", layout="wide")
+    sid = session_id()
+    ctx = _script_ctx()
+    manager = job_manager()
+    manager.touch(sid, alive=partial(_runtime_alive, ctx.session_id) if ctx is not None else None)
+    _sidebar()
+
+
+def _script_ctx():
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    return get_script_run_ctx(suppress_warning=True)
+
+
+def _sidebar() -> None:
+    with st.sidebar:
+        st.markdown(f"**Device in use:** `{device_label(device())}`")
+        label = st.session_state.get("target_label")
+        if label:
+            st.markdown(f"**Target set:** {label}")
+        sources: TeacherSources | None = st.session_state.get("teacher_sources")
+        if sources is not None and sources.demo:
+            st.caption(f"Teachers: demo zoo `{sources.demo}`"
+                       + (f" + {len(sources.uploads) + len(sources.hub) + len(sources.folders)} more"
+                          if (sources.uploads or sources.hub or sources.folders) else ""))
+        _sidebar_jobs()
+
+
+def _sidebar_jobs() -> None:
+    manager = job_manager()
+    sid = session_id()
+    was_active = any(j["active"] for j in manager.jobs(sid))
+
+    def panel() -> None:
+        jobs = [j for j in manager.jobs(sid) if j["kind"] == "distill"]
+        active = [j for j in jobs if j["active"]]
+        if active:
+            st.markdown(f"**{len(active)} run(s) in progress**")
+            for job in active[:5]:
+                st.progress(job["progress"], text=f"{job['label']}: {job['status']}")
+        elif jobs:
+            done = sum(j["status"] == "finished" for j in jobs)
+            st.caption(f"Runs this session: {len(jobs)} ({done} finished)")
+        if was_active and not any(j["active"] for j in manager.jobs(sid)):
+            st.rerun(scope="app")
+
+    with st.sidebar:
+        st.fragment(panel, run_every="2s" if was_active else None)()
+
+
+# ------------------------------------------------------------------------------------------------
+# Demo worlds (built in the background on first use)
+# ------------------------------------------------------------------------------------------------
+
+
+def demo_size() -> str:
+    return os.environ.get("SCD_DEMO_SIZE", "full") or "full"
+
+
+def default_world() -> str:
+    from scd_core.demo import WORLDS
+
+    wanted = os.environ.get("SCD_DEMO_WORLD", "")
+    return wanted if wanted in WORLDS else WORLDS[0]
+
+
+def demo_world_ready(world: str) -> bool:
+    from scd_core.demo import MANIFEST_NAME, world_dir
+
+    return (world_dir(world, demo_size()) / MANIFEST_NAME).is_file()
+
+
+def ensure_demo(world: str) -> None:
+    """Return when demo world ``world`` is built; otherwise build it in the background, show its progress
+    (the page reruns by itself when the world is ready) and stop the page here."""
+    if demo_world_ready(world):
+        return
+    manager = job_manager()
+    key = f"demo:{world}:{demo_size()}"
+    job = manager.find(SHARED_SESSION, key)
+    if job is None or job["status"] not in ACTIVE_STATES | {"failed"}:
+        manager.submit(SHARED_SESSION, demo_build_job(world, demo_size()), label=f"demo world {world}",
+                       kind="demo", key=key, uses_slot=False)
+
+    st.info(f"Building the demo world **{world}** (first launch only): drawing the target set and training "
+            "its teacher zoo on this machine. The page continues by itself when it is ready.",
+            icon=":material/construction:")
+
+    def poll() -> None:
+        current = manager.find(SHARED_SESSION, key)
+        if current is None or demo_world_ready(world) or current["status"] == "finished":
+            st.rerun(scope="app")
+        if current["status"] == "failed":
+            st.error(f"Building the demo world failed: {current['error']}")
+            if st.button("Try again", key=f"retry-{key}"):
+                manager.forget(SHARED_SESSION, current["id"])
+                st.rerun(scope="app")
+            return
+        st.progress(current["progress"], text=current["message"])
+
+    st.fragment(poll, run_every="1s")()
+    st.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Target set
+# ------------------------------------------------------------------------------------------------
+
+
+def _stamp(path: Path) -> str:
+    try:
+        stat = path.stat()
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
+    except OSError:
+        return "missing"
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _load_target_cached(spec: str, extract_dir: str | None, stamp: str):
+    from scd_core.targets import load_target
+
+    return load_target(spec, extract_dir=Path(extract_dir) if extract_dir else None)
+
+
+def load_target_spec(spec: str):
+    """The validated target set of ``spec`` (cached per spec and file stamp). Raises TargetSetError."""
+    if spec.startswith("demo:"):
+        world = spec[len("demo:"):]
+        ensure_demo(world)
+        from scd_core.demo import world_dir
+
+        return _load_target_cached(spec, None, _stamp(world_dir(world, demo_size())))
+    path = Path(spec)
+    extract = str(session_dir(session_id(), "targets")) if path.suffix.lower() == ".zip" else None
+    return _load_target_cached(spec, extract, _stamp(path))
+
+
+def target_spec() -> str:
+    if "target_spec" not in st.session_state:
+        world = default_world()
+        st.session_state["target_spec"] = f"demo:{world}"
+        st.session_state["target_label"] = f"demo world '{world}'"
+    return st.session_state["target_spec"]
+
+
+def set_target(spec: str, label: str) -> None:
+    st.session_state["target_spec"] = spec
+    st.session_state["target_label"] = label
+
+
+def current_target():
+    """The session's target set, or None after showing why it cannot be loaded."""
+    spec = target_spec()
+    try:
+        return load_target_spec(spec)
+    except ScdError as exc:
+        show_error(exc, "The current target set cannot be loaded: ")
+        return None
+
+
+def require_target():
+    """The target set; otherwise a message pointing to the home page and the page stops."""
+    target = current_target()
+    if target is None:
+        st.info("Choose another target set on the **Target set** page.")
+        st.stop()
+    return target
+
+
+# ------------------------------------------------------------------------------------------------
+# Teachers
+# ------------------------------------------------------------------------------------------------
+
+
+def teacher_sources() -> TeacherSources:
+    if "teacher_sources" not in st.session_state:
+        spec = target_spec()
+        world = spec[len("demo:"):] if spec.startswith("demo:") else default_world()
+        st.session_state["teacher_sources"] = TeacherSources(demo=world, folders=configured_teacher_folders())
+    return st.session_state["teacher_sources"]
+
+
+@st.cache_resource(show_spinner=False, max_entries=32, hash_funcs={TeacherSources: lambda s: s.key()})
+def _collect_cached(sources: TeacherSources, stamps: tuple):
+    return collect_teachers(sources)
+
+
+def collected_teachers():
+    """The session's teachers (:class:`scd_core.session.CollectedTeachers`), cached per sources."""
+    sources = teacher_sources()
+    if sources.demo:
+        ensure_demo(sources.demo)
+    stamps = tuple(_stamp(Path(p)) for p in (*sources.folders, *sources.uploads))
+    copy = TeacherSources(sources.demo, list(sources.folders), list(sources.uploads), list(sources.hub),
+                          list(sources.hidden))
+    return _collect_cached(copy, stamps)
+
+
+def require_repository():
+    """The session's teacher repository; otherwise a message pointing to the Teachers page and stop."""
+    collected = collected_teachers()
+    for message in collected.errors:
+        st.warning(message, icon=":material/warning:")
+    if collected.repository is None:
+        st.error("No teachers in the repository.")
+        st.page_link("pages/1_Teachers.py", label="Add teachers", icon=":material/school:")
+        st.stop()
+    return collected.repository
+
+
+def clear_teacher_cache() -> None:
+    _collect_cached.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached engine results
+# ------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _outputs_store() -> dict:
+    return {}
+
+
+def teacher_outputs(spec, target):
+    """Outputs of one teacher on the target's assessment images (engine disk cache + this process)."""
+    from scd_core.forward import teacher_outputs as compute
+
+    key = (target.fingerprint, spec.fingerprint)
+    store = _outputs_store()
+    if key in store:
+        return store[key]
+    bar = st.progress(0.0, text=f"Forward pass of {spec.name} over {len(target.assessment_items)} images")
+    outputs = compute(spec, target, device=device(), progress=_progress_to(bar))
+    bar.empty()
+    if len(store) > 64:
+        store.pop(next(iter(store)))
+    store[key] = outputs
+    return outputs
+
+
+def _progress_to(bar) -> Callable[[float, str], None]:
+    last = [0.0]
+
+    def update(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.2 or fraction >= 1:
+            last[0] = now
+            bar.progress(float(min(1.0, max(0.0, fraction))), text=message)
+
+    return update
+
+
+def progress_callback(bar) -> Callable[[float, str], None]:
+    """A ``progress(fraction, message)`` callback that updates ``bar`` at most 5 times a second."""
+    return _progress_to(bar)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def plan_matrix(target_fp: str, teacher_fp: str, kind: str, cost: str, eps: float | None, _outputs: Any):
+    """A plan, joint or cost matrix of one teacher (cached per fingerprints and options)."""
+    from scd_core.plans import plan_from_outputs
+
+    return plan_from_outputs(_outputs, kind, cost=cost, eps=eps)
+
+
+def init_widget(key: str, value: Any) -> None:
+    """Seed a widget's value through session state (widgets whose values persist take no default argument)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def valid_choice(key: str, options: Sequence[Any], multi: bool = False) -> None:
+    """Drop a remembered widget value that is no longer among the options (e.g. after a target change)."""
+    if key not in st.session_state:
+        return
+    value = st.session_state[key]
+    if multi:
+        kept = [v for v in (value or []) if v in options]
+        if kept != list(value or []):
+            st.session_state[key] = kept
+    elif value not in options:
+        del st.session_state[key]
+
+
+def thumbnails(paths: Sequence[Path], captions: Sequence[str] | None = None, per_row: int = 8,
+               width: int = 72) -> None:
+    """A grid of small images."""
+    paths = list(paths)
+    for start in range(0, len(paths), per_row):
+        cols = st.columns(per_row)
+        for i, path in enumerate(paths[start:start + per_row]):
+            with cols[i]:
+                st.image(str(path), width=width, caption=captions[start + i] if captions else None)

@@ -1,0 +1,329 @@
+"""Plotly figure builders for the app (and notebooks): rankings, label-space matrices, runs, drill-downs.
+
+Every builder takes plain engine objects (a ranking DataFrame, a :class:`~scd_core.plans.LabeledMatrix`,
+run histories, per-image top classes) and returns a ``plotly.graph_objects.Figure`` whose JSON carries
+the class names, so the pages only lay figures out. Nothing here imports streamlit.
+
+Label-space matrices are made readable in three ways: only the ``top_k`` teacher classes by mass are
+kept (a 1000- or 21k-class teacher shows its few relevant classes), rows are ordered so that a
+mapping shows as blocks (by the target class they send most mass to, then by mass), and every cell
+hovers with both class names, its value and the row's share. Numbers go into the figures as plain
+lists (not numpy arrays, which plotly would encode as base64), so the JSON stays readable and testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .plans import LabeledMatrix
+
+ROW_ORDERS = ("blocks", "mass", "original")
+BEST_COLOUR = "#d62728"
+OTHER_COLOUR = "#7f9fbf"
+BASELINE_COLOUR = "#555555"
+MAX_ANNOTATED_CELLS = 400
+_KIND_TITLES = {
+    "plan": "transport plan G (mass moved from teacher class to target class)",
+    "joint": "soft joint J (mean teacher prediction per target label)",
+    "cost": "cost C (teacher class to target class, 0 = close, 1 = far)",
+}
+_VALUE_NAMES = {"plan": "plan mass", "joint": "joint mass", "cost": "cost"}
+
+
+def palette(n: int) -> list[str]:
+    """``n`` distinct colours (plotly's qualitative palettes, cycled for very many classes)."""
+    colours = qualitative.Plotly if n <= 10 else qualitative.Alphabet
+    return [colours[i % len(colours)] for i in range(n)]
+
+
+def unique_labels(labels: Sequence[str]) -> list[str]:
+    """Labels made unique for a categorical axis (plotly merges equal categories): ``a``, ``a #2``."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        text = str(label)
+        seen[text] = seen.get(text, 0) + 1
+        out.append(text if seen[text] == 1 else f"{text} #{seen[text]}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Ranking
+# ------------------------------------------------------------------------------------------------
+
+
+def direction_label(higher_is_better: bool) -> str:
+    return "higher is better" if higher_is_better else "lower is better"
+
+
+def sort_ranking(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The ranking table sorted best first by ``metric`` (NaN last), using its direction in ``attrs``."""
+    higher = bool(table.attrs.get("metrics", {}).get(metric, {}).get("higher_is_better", True))
+    values = table[metric].astype(float)
+    key = values if higher else -values
+    order = np.lexsort((table.index.to_numpy().astype(str), -key.fillna(-np.inf).to_numpy()))
+    out = table.iloc[order]
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def ranking_bar(table: pd.DataFrame, metric: str) -> go.Figure:
+    """Horizontal bars of one metric per teacher, best at the top and highlighted; title shows direction."""
+    if metric not in table.columns:
+        raise ValueError(f"metric {metric!r} is not in the ranking table")
+    higher = bool(table.attrs.get("metrics", {}).get(metric, {}).get("higher_is_better", True))
+    ordered = sort_ranking(table, metric)
+    names = [str(n) for n in ordered.index]
+    values = ordered[metric].astype(float).to_numpy()
+    colours = [BEST_COLOUR if i == 0 else OTHER_COLOUR for i in range(len(names))]
+    fig = go.Figure(go.Bar(
+        x=values.tolist(), y=names, orientation="h", marker_color=colours,
+        text=[f"{v:.4g}" for v in values], textposition="auto",
+        hovertemplate="teacher: %{y}<br>value: %{x:.5g}<extra></extra>",
+    ))
+    arrow = "→ better" if higher else "← better"
+    fig.update_layout(
+        title=f"{metric} per teacher ({direction_label(higher)}; best in red)",
+        xaxis_title=f"{metric} {arrow}", yaxis={"autorange": "reversed", "automargin": True},
+        height=max(260, 34 * len(names) + 120), margin={"l": 10, "r": 20, "t": 50, "b": 40},
+        showlegend=False,
+    )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Label-space matrices
+# ------------------------------------------------------------------------------------------------
+
+
+def row_order(matrix: np.ndarray, kind: str = "plan", order: str = "blocks") -> np.ndarray:
+    """Row permutation of a teacher x target matrix.
+
+    ``blocks``: rows grouped by the target column they favour (argmax of mass; argmin of cost), in
+    column order, and within a group by decreasing mass (increasing cost), so a mapping reads as
+    blocks on the diagonal. ``mass``: by decreasing row mass (increasing minimum cost).
+    ``original``: unchanged.
+    """
+    if order not in ROW_ORDERS:
+        raise ValueError(f"unknown row order {order!r}; choose one of {', '.join(ROW_ORDERS)}")
+    m = np.asarray(matrix, dtype=np.float64)
+    n = m.shape[0]
+    if order == "original" or n == 0:
+        return np.arange(n)
+    if kind == "cost":
+        strength = -np.nanmin(m, axis=1)
+        favoured = np.nanargmin(m, axis=1) if m.shape[1] else np.zeros(n, int)
+    else:
+        strength = np.nansum(m, axis=1)
+        favoured = np.nanargmax(m, axis=1) if m.shape[1] else np.zeros(n, int)
+    if order == "mass":
+        return np.lexsort((np.arange(n), -strength))
+    # rows with (almost) no mass go last, whatever their argmax
+    empty = (strength <= 1e-12) if kind != "cost" else np.zeros(n, bool)
+    return np.lexsort((np.arange(n), -strength, favoured, empty))
+
+
+def prepare_matrix(lm: LabeledMatrix, top_k: int | None = None, order: str = "blocks") -> LabeledMatrix:
+    """The rows a heatmap shows: the ``top_k`` rows by mass (or lowest cost), in ``order``."""
+    shown = lm.top_rows(top_k) if top_k else lm
+    perm = row_order(shown.matrix, shown.kind, order)
+    return LabeledMatrix([shown.rows[i] for i in perm], list(shown.cols), np.asarray(shown.matrix)[perm], shown.kind)
+
+
+def matrix_heatmap(lm: LabeledMatrix, *, top_k: int | None = 40, order: str = "blocks",
+                   title: str | None = None, annotate: bool | None = None) -> go.Figure:
+    """Heatmap of a plan, joint or cost with teacher classes on the rows and target classes on the columns.
+
+    Hover shows both class names, the value and, for mass matrices, the share of the teacher class's
+    mass that goes to the target class. Cells are annotated with their values when there are few.
+    """
+    total_rows = len(lm.rows)
+    shown = prepare_matrix(lm, top_k, order)
+    z = np.asarray(shown.matrix, dtype=np.float64)
+    rows, cols = unique_labels(shown.rows), unique_labels(shown.cols)
+    is_cost = shown.kind == "cost"
+    value_name = _VALUE_NAMES.get(shown.kind, "value")
+    if is_cost:
+        custom = np.broadcast_to(np.nanmin(z, axis=1, keepdims=True) if z.size else z, z.shape)
+        extra = "<br>row's lowest cost: %{customdata:.3f}"
+    else:
+        row_sum = z.sum(axis=1, keepdims=True)
+        custom = np.divide(z, row_sum, out=np.zeros_like(z), where=row_sum > 0)
+        extra = "<br>share of the teacher class's mass: %{customdata:.1%}"
+    fmt = ".3f" if is_cost else ".2%"
+    annotate = (z.size <= MAX_ANNOTATED_CELLS) if annotate is None else annotate
+    heat = go.Heatmap(
+        z=z.tolist(), x=cols, y=rows, customdata=np.asarray(custom).tolist(),
+        colorscale="Viridis_r" if is_cost else "Blues",
+        zmin=0.0, zmax=1.0 if is_cost else (float(z.max()) if z.size and z.max() > 0 else 1.0),
+        colorbar={"title": {"text": value_name}, "tickformat": ".0%" if not is_cost else ".1f"},
+        hovertemplate=("teacher class: %{y}<br>target class: %{x}<br>" + value_name + ": %{z:" + fmt + "}"
+                       + extra + "<extra></extra>"),
+        xgap=1, ygap=1,
+    )
+    if annotate:  # values in the cells; empty cells of a plan stay blank so that the blocks stand out
+        text = [[(f"{v:.2f}" if is_cost else (f"{v:.1%}" if v >= 5e-4 else "")) for v in row] for row in z]
+        heat.update(text=text, texttemplate="%{text}", textfont={"size": 11})
+    fig = go.Figure(heat)
+    kept = "" if len(rows) == total_rows else f" (top {len(rows)} of {total_rows} teacher classes)"
+    fig.update_layout(
+        title=title or (_KIND_TITLES.get(shown.kind, shown.kind) + kept),
+        xaxis={"title": "target class", "side": "bottom", "tickangle": -30 if len(cols) > 6 else 0,
+               "automargin": True, "type": "category"},
+        yaxis={"title": "teacher class", "autorange": "reversed", "automargin": True, "type": "category"},
+        height=int(min(1600, max(360, 26 * len(rows) + 200))),
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+    )
+    return fig
+
+
+def row_normalised(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (rows without mass stay zero): where a teacher class's mass goes."""
+    m = np.asarray(matrix, dtype=np.float64)
+    s = m.sum(axis=1, keepdims=True)
+    return np.divide(m, s, out=np.zeros_like(m), where=s > 0)
+
+
+def class_sources(lm: LabeledMatrix, target_class: str, top_k: int = 10) -> go.Figure:
+    """Which teacher classes feed one target class: its column of the plan (or joint), as shares."""
+    if target_class not in lm.cols:
+        raise ValueError(f"unknown target class {target_class!r}")
+    j = lm.cols.index(target_class)
+    col = np.asarray(lm.matrix, dtype=np.float64)[:, j]
+    total = col.sum()
+    order = np.argsort(-col, kind="stable")[:top_k]
+    order = order[col[order] > 1e-9 * max(total, 1e-300)] if total > 0 else order  # only classes that feed it
+    share = col[order] / total if total > 0 else np.zeros(len(order))
+    names = unique_labels([lm.rows[i] for i in order])
+    fig = go.Figure(go.Bar(
+        x=share.tolist(), y=names, orientation="h", marker_color=OTHER_COLOUR,
+        text=[f"{s:.1%}" for s in share], textposition="auto",
+        hovertemplate="teacher class: %{y}<br>share of the target class: %{x:.1%}<extra></extra>",
+    ))
+    fig.update_layout(
+        title=f"Teacher classes feeding '{target_class}' (top {len(order)} by {lm.kind} mass)",
+        xaxis={"title": f"share of the target class's {lm.kind} mass", "tickformat": ".0%"},
+        yaxis={"autorange": "reversed", "automargin": True},
+        height=max(240, 30 * len(order) + 110), margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def image_top5(teacher_classes: Sequence[str], probs: Sequence[float], title: str = "") -> go.Figure:
+    """One image's top teacher classes and their probabilities."""
+    names = unique_labels(teacher_classes)
+    fig = go.Figure(go.Bar(
+        x=list(map(float, probs)), y=names, orientation="h", marker_color=OTHER_COLOUR,
+        text=[f"{p:.1%}" for p in probs], textposition="auto",
+        hovertemplate="teacher class: %{y}<br>probability: %{x:.1%}<extra></extra>",
+    ))
+    fig.update_layout(title=title or "Top teacher classes", xaxis={"tickformat": ".0%", "title": "probability"},
+                      yaxis={"autorange": "reversed", "automargin": True},
+                      height=max(220, 34 * len(names) + 100), margin={"l": 10, "r": 10, "t": 50, "b": 40})
+    return fig
+
+
+def image_flow(teacher_classes: Sequence[str], probs: Sequence[float], plan: LabeledMatrix,
+               true_label: str | None = None, title: str = "") -> go.Figure:
+    """One image: its top teacher classes (bar length = probability), each bar split by where the plan
+    sends that class's mass (row-normalised plan), and the mass arriving at each target class.
+
+    ``teacher_classes`` must be row names of ``plan``.
+    """
+    index = {name: i for i, name in enumerate(plan.rows)}
+    missing = [c for c in teacher_classes if c not in index]
+    if missing:
+        raise ValueError(f"teacher classes not in the plan: {', '.join(map(str, missing[:3]))}")
+    routes = row_normalised(plan.matrix)[[index[c] for c in teacher_classes]]  # (k, K_s)
+    p = np.asarray(probs, dtype=np.float64)
+    flows = routes * p[:, None]
+    arriving = flows.sum(axis=0)
+    names = unique_labels(teacher_classes)
+    colours = palette(len(plan.cols))
+    right_title = "mass arriving at each target class" + ("<br>(true label outlined)" if true_label is not None else "")
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.16,
+                        subplot_titles=("top teacher classes, split by where the plan sends them", right_title))
+    for j, target in enumerate(plan.cols):
+        if not np.any(flows[:, j] > 1e-9):
+            continue
+        fig.add_trace(go.Bar(
+            x=flows[:, j].tolist(), y=names, orientation="h", name=str(target), marker_color=colours[j],
+            legendgroup=str(target), customdata=routes[:, j].tolist(),
+            hovertemplate="teacher class: %{y}<br>to target class: %{fullData.name}"
+                          "<br>mass: %{x:.1%} (%{customdata:.0%} of the class)<extra></extra>",
+        ), row=1, col=1)
+    bar_colours = [colours[j] for j in range(len(plan.cols))]
+    line = [3 if true_label is not None and c == true_label else 0 for c in plan.cols]
+    fig.add_trace(go.Bar(
+        x=arriving.tolist(), y=unique_labels(plan.cols), orientation="h", marker={"color": bar_colours,
+                                                                        "line": {"width": line, "color": "black"}},
+        showlegend=False, text=[f"{a:.1%}" for a in arriving], textposition="auto",
+        hovertemplate="target class: %{y}<br>mass from the top classes: %{x:.1%}<extra></extra>",
+    ), row=1, col=2)
+    fig.update_layout(
+        barmode="stack", title=title or "Where this image's teacher prediction goes",
+        height=max(320, 34 * max(len(names), len(plan.cols)) + 160), margin={"l": 10, "r": 10, "t": 90, "b": 40},
+        legend={"title": {"text": "to target class"}, "orientation": "h", "y": -0.18, "x": 0},
+    )
+    fig.update_xaxes(tickformat=".0%")
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Distillation runs
+# ------------------------------------------------------------------------------------------------
+
+
+def training_curves(runs: Sequence[Mapping], title: str = "Training curves") -> go.Figure:
+    """Train loss and validation accuracy per epoch, one colour per run (``{"label", "history"}``)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "validation accuracy"),
+                        horizontal_spacing=0.1)
+    colours = palette(max(1, len(runs)))
+    for colour, run in zip(colours, runs):
+        history = list(run.get("history") or [])
+        label = str(run.get("label", "run"))
+        epochs = [h.get("epoch") for h in history]
+        dash = "dash" if run.get("baseline") else "solid"
+        common = {"mode": "lines+markers", "line": {"color": colour, "dash": dash}, "legendgroup": label,
+                  "name": label}
+        fig.add_trace(go.Scatter(x=epochs, y=[h.get("train_loss") for h in history], **common,
+                                 hovertemplate="%{fullData.name}<br>epoch %{x}<br>loss %{y:.4f}<extra></extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=epochs, y=[h.get("val_acc") for h in history], **common, showlegend=False,
+                                 hovertemplate="%{fullData.name}<br>epoch %{x}<br>val acc %{y:.1%}<extra></extra>"),
+                      row=1, col=2)
+    fig.update_xaxes(title_text="epoch", dtick=1 if max((len(r.get("history") or []) for r in runs), default=0) <= 20
+                     else None)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", tickformat=".0%", rangemode="tozero", row=1, col=2)
+    fig.update_layout(title=title, height=380, margin={"l": 10, "r": 10, "t": 60, "b": 40},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def run_comparison(runs: Sequence[Mapping], baseline: float | None = None, metric: str = "val_acc") -> go.Figure:
+    """Final accuracy per run as bars, with the ``ce`` baseline as a dashed line (``{"label", metric}``)."""
+    labels = unique_labels([str(r.get("label", "run")) for r in runs])
+    values = [float(r.get(metric)) if r.get(metric) is not None else np.nan for r in runs]
+    colours = [BASELINE_COLOUR if r.get("baseline") else OTHER_COLOUR for r in runs]
+    if values and not all(np.isnan(values)):
+        best = int(np.nanargmax(values))
+        colours[best] = BEST_COLOUR
+    fig = go.Figure(go.Bar(x=labels, y=values, marker_color=colours, text=[f"{v:.1%}" for v in values],
+                           textposition="auto", hovertemplate="%{x}<br>accuracy: %{y:.1%}<extra></extra>",
+                           width=[min(0.8, 0.25 * max(1, len(labels)))] * len(labels)))
+    if baseline is not None and np.isfinite(baseline):
+        fig.add_hline(y=baseline, line_dash="dash", line_color=BASELINE_COLOUR,
+                      annotation_text=f"ce baseline {baseline:.1%}", annotation_position="top left")
+    name = {"val_acc": "validation accuracy", "test_acc": "test accuracy"}.get(metric, metric)
+    fig.update_layout(title=f"Final {name} per run (best in red)", yaxis={"tickformat": ".0%", "rangemode": "tozero",
+                                                                         "title": name},
+                      xaxis={"automargin": True}, height=360, margin={"l": 10, "r": 10, "t": 50, "b": 40})
+    return fig

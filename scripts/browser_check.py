@@ -1,0 +1,252 @@
+"""Browser check: start the app headless, drive the demo flow in Chromium, save a screenshot of each page.
+
+Setup (once; no browser is downloaded, Playwright drives Debian's Chromium):
+
+    apt-get install -y chromium          # provides /usr/bin/chromium
+    pip install playwright               # the Python package only; do NOT run `playwright install`
+
+Run from the repository root:
+
+    python scripts/browser_check.py [--out benchmarks/results/screenshots] [--workspace DIR] [--port 8599]
+
+It starts ``streamlit run app.py --server.headless true --server.port N`` with ``SCD_DEMO_SIZE=small`` in a
+temporary workspace (or ``--workspace``, to reuse an already built demo world), polls
+``/_stcore/health``, then walks through: the demo world build (first launch) -> home page -> upload of a
+real zip of PNG files -> a broken upload (error shown) -> back to the demo -> Teachers -> Ranking (rank)
+-> Transport plans (plan and cost, drill-downs) -> Distill (two tiny runs, a page switch while they run,
+finished curves and comparison). After every action it waits for
+``[data-testid="stApp"][data-test-script-state="notRunning"]``. It fails (exit 1) when a page shows an
+exception box, and writes ``report.json`` (steps, timings, errors seen) beside the screenshots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"streamlit exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200 and resp.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("streamlit did not become healthy in time")
+
+
+def make_zips(folder: Path) -> tuple[Path, Path]:
+    """A valid ImageFolder zip of PNG files (3 classes) and a broken one (a single class)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    good = folder / "my_flowers.zip"
+    bad = folder / "one_class.zip"
+    colours = {"daisy": (230, 230, 80), "rose": (200, 40, 60), "violet": (120, 60, 180)}
+    with zipfile.ZipFile(good, "w") as zf:
+        for name, colour in colours.items():
+            for i in range(6):
+                pixels = np.clip(np.array(colour) + rng.integers(-40, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+                path = folder / f"{name}-{i}.png"
+                Image.fromarray(pixels).save(path)
+                zf.write(path, f"my_flowers/{name}/{i:02d}.png")
+    with zipfile.ZipFile(bad, "w") as zf:
+        for i in range(4):
+            zf.write(folder / f"daisy-{i}.png", f"only/daisy/{i:02d}.png")
+    return good, bad
+
+
+class Driver:
+    """Thin helpers over a Playwright page: wait for the app, screenshot, collect errors."""
+
+    def __init__(self, page, out: Path) -> None:
+        self.page, self.out = page, out
+        self.steps: list[dict] = []
+        self.t0 = time.time()
+
+    def idle(self, timeout: float = 180) -> None:
+        time.sleep(0.6)  # let a rerun start before waiting for it to end
+        self.page.wait_for_selector(IDLE, timeout=timeout * 1000)
+        time.sleep(0.4)
+
+    def shot(self, name: str, note: str = "") -> None:
+        path = self.out / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        exceptions = self.page.locator('[data-testid="stException"]').all_inner_texts()
+        errors = self.page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+        self.steps.append({"screenshot": path.name, "note": note, "t": round(time.time() - self.t0, 1),
+                           "exceptions": exceptions, "errors": errors})
+        print(f"[{time.time() - self.t0:6.1f}s] {path.name}: {note}"
+              + (f"  errors={errors}" if errors else "") + (f"  EXCEPTIONS={exceptions}" if exceptions else ""),
+              flush=True)
+
+    def nav(self, label: str) -> None:
+        self.page.get_by_test_id("stSidebarNav").get_by_text(label, exact=True).click()
+        self.idle()
+
+    def click_button(self, label: str) -> None:
+        self.page.get_by_role("button", name=label).first.click()
+        self.idle()
+
+    def choose(self, widget_label: str, option: str) -> None:
+        """Pick ``option`` in the selectbox labelled ``widget_label``."""
+        box = self.page.get_by_test_id("stSelectbox").filter(has_text=widget_label).first
+        box.click()
+        self.page.get_by_role("option", name=option, exact=True).first.click()
+        self.idle()
+
+    def wait_text(self, text: str, timeout: float = 600) -> None:
+        self.page.get_by_text(text).first.wait_for(timeout=timeout * 1000)
+
+
+def run(args: argparse.Namespace) -> int:
+    from playwright.sync_api import sync_playwright
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    tmp = Path(tempfile.mkdtemp(prefix="scd-browser-"))
+    workspace = Path(args.workspace).resolve() if args.workspace else tmp / "workspace"
+    env = dict(os.environ, SCD_WORKSPACE=str(workspace), SCD_CACHE_DIR=str(workspace / "cache"),
+               SCD_DEMO_SIZE="small", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    port = args.port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    good_zip, bad_zip = make_zips(tmp)
+    try:
+        wait_health(base, proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1500, "height": args.height})
+            d = Driver(page, out)
+            page.goto(base, wait_until="domcontentloaded")
+            page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+            d.idle()
+            if page.get_by_text("Building the demo world").count():
+                time.sleep(3)
+                d.shot("00_demo_build", "first launch: the demo world builds with a progress bar")
+            d.wait_text("Images per class and split", timeout=args.build_timeout)
+            d.idle()
+            d.shot("01_home", "home: demo target set, counts, thumbnails")
+
+            page.get_by_text("Upload a .zip", exact=True).click()
+            d.idle()
+            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(good_zip))
+            d.idle()
+            d.wait_text("upload 'my_flowers.zip'", timeout=60)
+            d.shot("02_upload_ok", "uploaded a zip of PNG files (3 classes)")
+            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(bad_zip))
+            d.idle()
+            d.wait_text("Upload refused", timeout=60)
+            d.shot("03_upload_error", "a broken upload (a single class): readable error")
+            page.get_by_text("Demo world", exact=True).first.click()
+            d.idle()
+            d.wait_text("Target set: demo world", timeout=60)
+
+            d.nav("Teachers")
+            d.shot("04_teachers", "teachers: demo zoo with architecture, label-space size, description")
+
+            d.nav("Ranking")
+            d.click_button("Rank teachers")
+            d.wait_text("Best teacher by", timeout=300)
+            d.idle()
+            d.shot("05_ranking", "ranking table (direction, best highlighted) and bar chart")
+
+            d.nav("Transport plans")
+            d.wait_text("Drill into one image", timeout=300)
+            d.shot("06_plans", "plan heatmap of the best teacher, drill-downs")
+            page.get_by_text("cost C", exact=True).click()
+            d.idle()
+            d.shot("07_plans_cost", "cost heatmap")
+            d.choose("Teacher", "superset")
+            page.get_by_text("plan G", exact=True).click()
+            d.idle()
+            d.shot("08_plans_superset", "16-class teacher: plan rows sorted into blocks")
+
+            d.nav("Distill")
+            d.choose("Student architecture", "test_resnet")
+            epochs = page.get_by_label("Epochs")
+            epochs.fill("3")
+            epochs.press("Tab")
+            d.click_button("Start runs")
+            time.sleep(1.5)
+            d.shot("09_distill_running", "runs started: live progress")
+            d.nav("Ranking")
+            time.sleep(1.0)
+            d.shot("10_ranking_while_running", "runs continue while browsing (sidebar)")
+            d.nav("Distill")
+            d.wait_text("Compare against the ce baseline", timeout=600)
+            deadline = time.time() + 600
+            while page.get_by_text("Running (").count() and time.time() < deadline:
+                time.sleep(1)
+            d.idle()
+            d.shot("11_distill_done", "finished: curves, comparison with ce, history, download")
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.copy(tmp / "streamlit.log", out / "streamlit.log")
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    steps = d.steps if "d" in locals() else []
+    (out / "report.json").write_text(json.dumps({"steps": steps}, indent=2))
+    bad = [s for s in steps if s["exceptions"]]
+    unexpected = [s for s in steps if s["errors"] and s["screenshot"] != "03_upload_error.png"]
+    if bad or unexpected:
+        print(f"FAILED: exceptions in {[s['screenshot'] for s in bad]}, errors in "
+              f"{[s['screenshot'] for s in unexpected]}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(steps)} screenshots in {out}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "screenshots"))
+    parser.add_argument("--workspace", default=None, help="reuse this workspace (e.g. with a built demo world)")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--height", type=int, default=1800, help="viewport height (screenshots are full page)")
+    parser.add_argument("--build-timeout", type=float, default=900, help="seconds to wait for the demo build")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""The Streamlit app through ``streamlit.testing.v1.AppTest``: every page, the demo flow end to end,
+uploads (a real zip of PNG files, broken zips, teacher zips), background runs and session isolation."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import make_teacher, make_zip, write_image, write_image_folder
+from streamlit.testing.v1 import AppTest
+
+from scd_core.demo import ensure_world
+from scd_core.jobs import default_manager
+from scd_core.workspace import workspace_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+SHAPES_CLASSES = ["blue square", "blue triangle", "green circle", "green triangle", "red circle", "red square"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_world():
+    """The small ``shapes`` world in the session workspace (built once, shared with other tests)."""
+    return ensure_world("shapes")
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+
+
+def clean(at: AppTest) -> AppTest:
+    """Fail on an uncaught exception (a traceback shown to the user)."""
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def headers(at: AppTest) -> list[str]:
+    return [h.value for h in at.header]
+
+
+def plotly_specs(at: AppTest) -> list[str]:
+    return [chart.proto.spec for chart in at.get("plotly_chart")]
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def upload_target(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.radio(key="w_target_source").set_value("Upload a .zip").run()
+    at.file_uploader(key="w_target_upload").set_value((name, data, "application/zip"))
+    return clean(at.run())
+
+
+def wait_for_runs(at: AppTest, limit: float = 120) -> AppTest:
+    """Drive the polling fragment with ``run()`` until no run is in progress."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        clean(at.run())
+        if not any(s.value.startswith("Running (") for s in at.subheader):
+            return clean(at.run())
+        time.sleep(0.5)
+    raise AssertionError("runs did not finish in time")
+
+
+def test_home_starts_on_the_demo_world():
+    at = clean(new_app().run())
+    assert "Target set: demo world 'shapes'" in headers(at)
+    counts = at.dataframe[0].value
+    assert list(counts.index) == SHAPES_CLASSES and set(counts.columns) >= {"train", "val", "test", "total"}
+    assert len(at.get("image")) >= len(SHAPES_CLASSES)  # thumbnail grid
+    assert any("Device in use" in m.value for m in at.sidebar.markdown)
+    assert not errors(at)
+
+
+def test_demo_flow_end_to_end():
+    at = clean(new_app().run())
+
+    at.switch_page("pages/1_Teachers.py")
+    clean(at.run())
+    teachers = at.dataframe[0].value
+    assert len(teachers) == 7 and {"near_identical", "superset", "untrained"} <= set(teachers.index)
+    assert set(teachers.columns) >= {"architecture", "classes", "description"}
+
+    at.switch_page("pages/2_Ranking.py")
+    clean(at.run())
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    assert not errors(at)
+    assert any("Best teacher by **scd**" in s.value for s in at.success)
+    ranking = at.dataframe[0].value
+    assert len(ranking) == 7 and "scd ↓" in ranking.columns and "leep ↑" in ranking.columns
+    assert any("lower is better" in spec for spec in plotly_specs(at))
+    assert any(d.label == "Download ranking (CSV)" for d in at.get("download_button"))
+    at.selectbox(key="w_rank_by").set_value("leep")
+    clean(at.run())
+    assert any("Best teacher by **leep**" in s.value for s in at.success)
+    at.checkbox(key="w_rank_budget_on").check()
+    at.slider(key="w_rank_budget").set_value(0.5)
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    budgeted = at.dataframe[0].value
+    assert "round" in budgeted.columns and budgeted["images"].min() < budgeted["images"].max()  # successive halving
+
+    at.switch_page("pages/3_Transport_plans.py")
+    clean(at.run())
+    heatmap = plotly_specs(at)[0]
+    assert all(f'"{name}"' in heatmap for name in SHAPES_CLASSES)  # both axes carry class names
+    assert "hovertemplate" in heatmap and "teacher class" in heatmap
+    at.selectbox(key="w_plan_teacher").set_value("superset")
+    at.radio(key="w_plan_kind").set_value("cost")
+    clean(at.run())
+    heatmap = plotly_specs(at)[0]
+    assert '"yellow star"' in heatmap and '"red circle"' in heatmap and "cost C" in heatmap
+    assert len(plotly_specs(at)) == 3  # heatmap, class drill-down, image drill-down
+    at.selectbox(key="w_plan_class").set_value("green circle")
+    clean(at.run())
+    assert "green circle" in plotly_specs(at)[1]
+
+    at.switch_page("pages/4_Distill.py")
+    clean(at.run())
+    at.multiselect(key="w_dist_teachers").set_value(["near_identical"])
+    at.multiselect(key="w_dist_methods").set_value(["scd", "ce"])
+    at.selectbox(key="w_dist_student").set_value("test_resnet")
+    at.number_input(key="w_dist_epochs").set_value(1)
+    button(at, "Start runs").click()
+    clean(at.run())
+    wait_for_runs(at)
+    assert not errors(at)
+    assert "Compare against the ce baseline" in headers(at) and "Run history (this session)" in headers(at)
+    history = at.dataframe[-1].value
+    assert sorted(history["status"]) == ["finished", "finished"]
+    assert any("validation accuracy" in spec for spec in plotly_specs(at))  # training curves
+    assert any(d.label == "Download student (.zip)" for d in at.get("download_button"))
+    # widget values survive a page switch
+    at.switch_page("pages/2_Ranking.py")
+    clean(at.run())
+    at.switch_page("pages/4_Distill.py")
+    clean(at.run())
+    assert at.selectbox(key="w_dist_student").value == "test_resnet"
+
+
+def test_upload_of_a_real_zip_of_png_files(tmp_path):
+    folder = write_image_folder(tmp_path / "flowers", {"daisy": 5, "rose": 5, "tulip": 5}, size=16, fmt="png")
+    data = make_zip(folder, tmp_path / "flowers.zip", prefix="flowers").read_bytes()
+    at = upload_target(clean(new_app().run()), "flowers.zip", data)
+    assert not errors(at)
+    assert "Target set: upload 'flowers.zip'" in headers(at)
+    assert list(at.dataframe[0].value.index) == ["daisy", "rose", "tulip"]
+    at.switch_page("pages/2_Ranking.py")
+    clean(at.run())
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    assert not errors(at) and len(at.dataframe[0].value) == 7
+
+
+def _session_uploads(at: AppTest) -> list[Path]:
+    folder = workspace_dir() / "sessions" / at.session_state["scd_session"] / "targets"
+    return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.exists() else []
+
+
+def test_broken_uploads_show_a_readable_error_and_leave_nothing(tmp_path):
+    png = write_image(tmp_path / "a.png", 16).read_bytes()
+    cases = {
+        "one_class.zip": (zip_bytes({f"d/cat/{i}.png": png for i in range(3)}), "only one class"),
+        "corrupt.zip": (zip_bytes({"d/cat/0.png": png, "d/cat/1.png": png[:40], "d/dog/0.png": png,
+                                   "d/dog/1.png": png}), "1.png"),
+        "not_a_zip.zip": (b"this is not a zip archive", "not a valid zip archive"),
+        "traversal.zip": (zip_bytes({"../evil/0.png": png, "d/cat/0.png": png}), "escapes"),
+    }
+    at = clean(new_app().run())
+    for name, (data, expected) in cases.items():
+        at = upload_target(at, name, data)
+        shown = errors(at)
+        assert shown and expected in shown[0] and "Upload refused" in shown[0], (name, shown)
+        assert str(workspace_dir()) not in shown[0]  # names the file in the upload, not server folders
+        assert "Target set: demo world 'shapes'" in headers(at)  # the previous target stays
+        assert _session_uploads(at) == []
+
+
+def test_teacher_upload_hub_name_and_removal(tmp_path):
+    good = make_teacher(tmp_path / "good" / "my_teacher", 4, img_size=16, labels=["a", "b", "c", "d"],
+                        description="uploaded in a test")
+    good_zip = make_zip(good.parent, tmp_path / "my_teacher.zip").read_bytes()
+    pickled = zip_bytes({"bad_teacher/config.json": (good / "config.json").read_bytes(),
+                         "bad_teacher/pytorch_model.bin": b"\x80\x04not really a pickle"})
+    at = clean(new_app().run())
+    at.switch_page("pages/1_Teachers.py")
+    clean(at.run())
+
+    at.file_uploader(key="w_teacher_upload").set_value(("bad_teacher.zip", pickled, "application/zip"))
+    clean(at.run())
+    assert any("safetensors" in e for e in errors(at))
+    at.file_uploader(key="w_teacher_upload").set_value(("my_teacher.zip", good_zip, "application/zip"))
+    clean(at.run())
+    assert not errors(at), errors(at)
+    table = at.dataframe[0].value
+    assert "my_teacher" in table.index and table.loc["my_teacher", "classes"] == 4
+    assert table.loc["my_teacher", "source"] == "upload"
+
+    at.text_input(key="w_hub_name").set_value("resnet18.a1_in1k")
+    button(at, "Add hub teacher").click()
+    clean(at.run())
+    table = at.dataframe[0].value
+    assert table.loc["resnet18.a1_in1k", "classes"] == 1000 and table.loc["resnet18.a1_in1k", "source"] == "hub"
+
+    at.multiselect(key="w_teacher_remove").set_value(["my_teacher", "resnet18.a1_in1k", "untrained"])
+    clean(at.run())  # the button is enabled once something is selected
+    button(at, "Remove").click()
+    clean(at.run())
+    table = at.dataframe[0].value
+    assert not {"my_teacher", "resnet18.a1_in1k", "untrained"} & set(table.index) and len(table) == 6
+    button(at, "Restore hidden teachers").click()
+    clean(at.run())
+    assert "untrained" in at.dataframe[0].value.index
+
+
+def test_kd_with_another_label_space_shows_the_engine_message():
+    at = clean(new_app().run())
+    at.switch_page("pages/4_Distill.py")
+    clean(at.run())
+    at.multiselect(key="w_dist_teachers").set_value(["superset"])
+    at.multiselect(key="w_dist_methods").set_value(["kd"])
+    at.selectbox(key="w_dist_student").set_value("test_resnet")
+    at.number_input(key="w_dist_epochs").set_value(1)
+    button(at, "Start runs").click()
+    clean(at.run())
+    wait_for_runs(at)
+    assert any("label space" in e and "kd" in e for e in errors(at)), errors(at)
+
+
+def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
+    folder = write_image_folder(tmp_path / "mine", {"x": 4, "y": 4}, size=16)
+    alice = upload_target(clean(new_app().run()), "mine.zip", make_zip(folder, tmp_path / "mine.zip").read_bytes())
+    alice.switch_page("pages/4_Distill.py")
+    clean(alice.run())
+    alice.multiselect(key="w_dist_methods").set_value(["ce"])
+    alice.selectbox(key="w_dist_student").set_value("test_resnet")
+    alice.number_input(key="w_dist_epochs").set_value(1)
+    button(alice, "Start runs").click()
+    clean(alice.run())
+
+    bob = clean(new_app().run())
+    assert "Target set: demo world 'shapes'" in headers(bob)
+    bob.switch_page("pages/4_Distill.py")
+    clean(bob.run())
+    assert "Run history (this session)" not in headers(bob)
+    manager = default_manager()
+    assert manager.jobs(bob.session_state["scd_session"]) == []
+    assert len(manager.jobs(alice.session_state["scd_session"])) == 1
+    assert alice.session_state["scd_session"] != bob.session_state["scd_session"]
+    wait_for_runs(alice)
+
+
+def test_server_folder_only_when_the_operator_allows_it(tmp_path, monkeypatch):
+    at = clean(new_app().run())
+    assert "Server folder" not in at.radio(key="w_target_source").options
+    monkeypatch.setenv("SCD_ALLOW_SERVER_PATHS", "1")
+    folder = write_image_folder(tmp_path / "server_target", {"p": 4, "q": 4}, size=16)
+    at = clean(new_app().run())
+    at.radio(key="w_target_source").set_value("Server folder").run()
+    at.text_input(key="w_target_folder").set_value(str(tmp_path / "missing"))
+    button(at, "Use this path").click()
+    clean(at.run())
+    assert any("no such file or folder" in e for e in errors(at))
+    at.text_input(key="w_target_folder").set_value(str(folder))
+    button(at, "Use this path").click()
+    clean(at.run())
+    assert any(h.startswith("Target set: server path") for h in headers(at))
+    assert list(at.dataframe[0].value.index) == ["p", "q"]
+
+
+def test_a_run_is_cancelled_from_the_page():
+    at = clean(new_app().run())
+    at.switch_page("pages/4_Distill.py")
+    clean(at.run())
+    at.multiselect(key="w_dist_methods").set_value(["ce"])
+    at.selectbox(key="w_dist_student").set_value("test_resnet")
+    at.number_input(key="w_dist_epochs").set_value(400)
+    at.number_input(key="w_dist_batch").set_value(4)
+    button(at, "Start runs").click()
+    clean(at.run())
+    manager, sid = default_manager(), at.session_state["scd_session"]
+    deadline = time.time() + 60
+    while not manager.jobs(sid)[0]["history"] and time.time() < deadline:  # training has started
+        time.sleep(0.2)
+    clean(at.run())
+    cancel = next(b for b in at.button if b.label == "Cancel")
+    cancel.click()
+    clean(at.run())
+    wait_for_runs(at, limit=30)
+    job = manager.jobs(sid)[0]
+    assert job["status"] == "cancelled" and len(job["history"]) < 400
+    assert "cancelled" in list(at.dataframe[-1].value["status"])
+
+
+def test_an_operator_configured_teacher_folder_joins_the_demo_zoo(tmp_path, monkeypatch):
+    make_teacher(tmp_path / "repo" / "house_model", 2, img_size=16, labels=["x", "y"], description="in-house")
+    monkeypatch.setenv("SCD_TEACHERS", str(tmp_path / "repo"))
+    at = clean(new_app().run())
+    at.switch_page("pages/1_Teachers.py")
+    clean(at.run())
+    table = at.dataframe[0].value
+    assert len(table) == 8 and table.loc["house_model", "source"] == f"folder {tmp_path / 'repo'}"
+    assert table.loc["house_model", "description"] == "in-house"

@@ -1,0 +1,141 @@
+"""Figure builders: class names reach the plotly JSON, rows form blocks, top-k keeps big teachers readable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scd_core.figures import (
+    class_sources,
+    image_flow,
+    image_top5,
+    matrix_heatmap,
+    prepare_matrix,
+    ranking_bar,
+    row_order,
+    run_comparison,
+    sort_ranking,
+    training_curves,
+    unique_labels,
+)
+from scd_core.plans import LabeledMatrix
+
+TARGET = ["cat", "dog", "owl"]
+
+
+def _ranking() -> pd.DataFrame:
+    table = pd.DataFrame({"num_classes": [5, 7, 3], "images": [30, 30, 30], "scd": [0.4, 0.2, 0.3],
+                          "leep": [-1.0, -2.0, -0.5]}, index=pd.Index(["a", "b", "c"], name="teacher"))
+    table.attrs["metrics"] = {"scd": {"higher_is_better": False, "description": ""},
+                              "leep": {"higher_is_better": True, "description": ""}}
+    return table
+
+
+def _spec(fig) -> dict:
+    return json.loads(fig.to_json())
+
+
+def test_ranking_bar_puts_the_best_first_highlighted_with_direction():
+    table = _ranking()
+    scd = _spec(ranking_bar(table, "scd"))
+    assert scd["data"][0]["y"] == ["b", "c", "a"]  # lower is better
+    assert scd["data"][0]["marker"]["color"][0] != scd["data"][0]["marker"]["color"][1]
+    assert "lower is better" in scd["layout"]["title"]["text"]
+    leep = _spec(ranking_bar(table, "leep"))
+    assert leep["data"][0]["y"] == ["c", "a", "b"] and "higher is better" in leep["layout"]["title"]["text"]
+    assert list(sort_ranking(table, "leep").index) == ["c", "a", "b"]
+    with pytest.raises(ValueError):
+        ranking_bar(table, "logme")
+
+
+def test_sort_ranking_puts_nan_last():
+    table = _ranking()
+    table.loc["c", "scd"] = np.nan
+    assert list(sort_ranking(table, "scd").index) == ["b", "a", "c"]
+
+
+def test_row_order_groups_rows_into_blocks_by_favoured_column_then_mass():
+    # rows: t0 -> owl (0.3), t1 -> cat (0.1), t2 -> cat (0.2), t3 -> nothing, t4 -> dog (0.25)
+    m = np.array([[0, 0, 0.3], [0.1, 0, 0], [0.2, 0.01, 0], [0, 0, 0], [0, 0.25, 0.02]])
+    assert list(row_order(m, "plan", "blocks")) == [2, 1, 4, 0, 3]
+    assert list(row_order(m, "plan", "mass")) == [0, 4, 2, 1, 3]
+    assert list(row_order(m, "plan", "original")) == [0, 1, 2, 3, 4]
+    cost = 1 - m  # the cost favours its lowest column
+    assert list(row_order(cost, "cost", "blocks"))[:2] == [2, 1]
+    with pytest.raises(ValueError):
+        row_order(m, "plan", "random")
+
+
+def test_heatmap_carries_class_names_hover_values_and_blocks():
+    rows = ["t_owl", "t_cat_small", "t_cat_big"]
+    lm = LabeledMatrix(rows, TARGET, np.array([[0, 0, 0.4], [0.1, 0, 0], [0.5, 0, 0]]), "plan")
+    spec = _spec(matrix_heatmap(lm))
+    heat = spec["data"][0]
+    assert heat["x"] == TARGET
+    assert heat["y"] == ["t_cat_big", "t_cat_small", "t_owl"]  # cat block first, bigger mass on top
+    assert "%{y}" in heat["hovertemplate"] and "%{x}" in heat["hovertemplate"] and "%{z" in heat["hovertemplate"]
+    assert heat["text"][0][0] == "50.0%" and heat["text"][0][1] == ""  # empty cells stay blank
+    assert spec["layout"]["yaxis"]["autorange"] == "reversed"
+    cost = _spec(matrix_heatmap(LabeledMatrix(rows, TARGET, np.full((3, 3), 0.5), "cost")))
+    assert cost["data"][0]["zmax"] == 1.0 and "cost" in cost["layout"]["title"]["text"]
+
+
+def test_heatmap_of_a_thousand_class_teacher_keeps_the_top_k_rows():
+    rng = np.random.default_rng(0)
+    matrix = rng.random((1000, 3)) * 1e-4
+    matrix[[7, 500, 900]] = [[0.3, 0, 0], [0, 0.3, 0], [0, 0, 0.3]]
+    lm = LabeledMatrix([f"imagenet_{i}" for i in range(1000)], TARGET, matrix, "plan")
+    spec = _spec(matrix_heatmap(lm, top_k=40))
+    heat = spec["data"][0]
+    assert len(heat["y"]) == 40 and heat["y"][0] == "imagenet_7"  # heaviest row of the first block on top
+    assert {"imagenet_500", "imagenet_900"} <= set(heat["y"])
+    assert "top 40 of 1000" in spec["layout"]["title"]["text"]
+    assert spec["layout"]["height"] <= 1600
+    assert len(prepare_matrix(lm, None).rows) == 1000
+
+
+def test_duplicate_labels_stay_distinct_on_the_axis():
+    assert unique_labels(["a", "b", "a", "a"]) == ["a", "b", "a #2", "a #3"]
+    lm = LabeledMatrix(["x", "x"], ["cat", "dog"], np.array([[0.5, 0], [0, 0.5]]), "joint")
+    assert sorted(_spec(matrix_heatmap(lm))["data"][0]["y"]) == ["x", "x #2"]
+
+
+def test_class_sources_shows_only_the_feeding_classes_as_shares():
+    lm = LabeledMatrix(["a", "b", "c"], TARGET, np.array([[0.2, 0, 0], [0.1, 0.3, 0], [0, 0, 0.4]]), "plan")
+    spec = _spec(class_sources(lm, "cat"))
+    assert spec["data"][0]["y"] == ["a", "b"]
+    assert np.allclose(spec["data"][0]["x"], [2 / 3, 1 / 3])
+    assert "cat" in spec["layout"]["title"]["text"]
+    with pytest.raises(ValueError):
+        class_sources(lm, "zebra")
+
+
+def test_image_flow_splits_each_teacher_class_along_its_plan_row():
+    plan = LabeledMatrix(["a", "b", "c"], TARGET, np.array([[0.2, 0.2, 0], [0, 0.3, 0], [0, 0, 0.3]]), "plan")
+    spec = _spec(image_flow(["a", "b"], [0.6, 0.3], plan, true_label="dog"))
+    stacked = [t for t in spec["data"] if t.get("legendgroup")]
+    assert {t["name"] for t in stacked} == {"cat", "dog"}  # owl receives nothing from a or b
+    total = sum(np.asarray(t["x"]) for t in stacked)
+    assert np.allclose(total, [0.6, 0.3])
+    arriving = spec["data"][-1]
+    assert arriving["y"] == TARGET and np.allclose(arriving["x"], [0.3, 0.6, 0.0])
+    with pytest.raises(ValueError):
+        image_flow(["zzz"], [1.0], plan)
+    assert _spec(image_top5(["a", "b"], [0.7, 0.2]))["data"][0]["y"] == ["a", "b"]
+
+
+def test_training_curves_and_comparison():
+    runs = [{"label": "scd ← t", "history": [{"epoch": 1, "train_loss": 2.0, "val_acc": 0.3},
+                                             {"epoch": 2, "train_loss": 1.5, "val_acc": 0.5}]},
+            {"label": "ce", "history": [{"epoch": 1, "train_loss": 2.1, "val_acc": 0.2}], "baseline": True}]
+    spec = _spec(training_curves(runs))
+    assert len(spec["data"]) == 4  # loss and accuracy per run
+    assert spec["data"][0]["y"] == [2.0, 1.5] and spec["data"][1]["y"] == [0.3, 0.5]
+    assert spec["data"][2]["line"]["dash"] == "dash"
+    comp = _spec(run_comparison([{"label": "scd ← t", "val_acc": 0.5}, {"label": "ce", "val_acc": 0.2,
+                                                                           "baseline": True}], baseline=0.2))
+    assert comp["data"][0]["x"] == ["scd ← t", "ce"]
+    assert comp["layout"]["shapes"] and "ce baseline" in json.dumps(comp["layout"]["annotations"])
