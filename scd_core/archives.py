@@ -1,15 +1,24 @@
 """Safe extraction of uploaded zip archives (target sets and teacher folders).
 
-Archives are hostile until proven otherwise: entries with absolute paths, ``..`` components or
-symbolic links, nested archives, and sizes, counts or compression ratios beyond the limits are
-refused before anything is written. Extraction goes to a temporary folder inside ``dest``'s parent
-and is renamed into place only when complete, so a failed upload leaves nothing behind.
+Archives are hostile until proven otherwise. Refused before anything is written, each with a message
+naming the archive and the entry: absolute paths (``/x``, ``\\x``, ``C:x``), ``..`` components (path
+traversal), symbolic links, encrypted entries, duplicate entries, nested archives (by suffix, and by
+content when extracting: zip, gzip, bzip2, xz, zstd, 7z, rar and tar signatures), and decompression
+bombs: more files, more uncompressed bytes, or a higher compression ratio (per entry over 1 MiB,
+and for the whole archive once it expands past 16 MiB) than :class:`ArchiveLimits` allows. The
+limits come from ``SCD_ARCHIVE_MAX_BYTES``, ``SCD_ARCHIVE_MAX_FILES`` and ``SCD_ARCHIVE_MAX_RATIO``
+when set. Entry headers that lie about their size are caught while extracting.
+
+Extraction goes to a temporary folder inside ``dest``'s parent and is renamed into place only when
+complete, so a failed upload leaves nothing behind and readers never see half an archive. Empty
+folders in the archive are kept (so that an empty class folder is reported, not silently dropped).
 """
 
 from __future__ import annotations
 
 import contextlib
 import lzma
+import os
 import shutil
 import stat
 import tempfile
@@ -21,8 +30,17 @@ from pathlib import Path, PurePosixPath
 
 from .errors import ScdError
 
-ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"})
+ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz4",
+                              ".lzma", ".tbz2", ".txz", ".cab", ".jar", ".war", ".iso"})
 _IGNORED_PARTS = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db"})
+# Leading bytes of archive formats; never the start of a supported image, JSON or text file.
+_ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00",
+                  b"\x28\xb5\x2f\xfd", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
+# Not sniffed: safetensors headers may start with any bytes, and torch checkpoints and numpy .npz files
+# are zips by design (a teacher upload refuses those by suffix, with a message saying why).
+_NO_SNIFF_SUFFIXES = frozenset({".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz"})
+_WHOLE_RATIO_MIN_BYTES = 16 << 20
+MAX_BYTES_ENV, MAX_FILES_ENV, MAX_RATIO_ENV = "SCD_ARCHIVE_MAX_BYTES", "SCD_ARCHIVE_MAX_FILES", "SCD_ARCHIVE_MAX_RATIO"
 
 
 @dataclass(frozen=True)
@@ -31,7 +49,27 @@ class ArchiveLimits:
 
     max_total_bytes: int = 2 << 30
     max_files: int = 100_000
-    max_ratio: float = 200.0  # uncompressed / compressed, per entry of more than 1 MiB
+    max_ratio: float = 200.0  # uncompressed / compressed, per entry of more than 1 MiB and for the whole archive
+
+    @classmethod
+    def from_env(cls) -> ArchiveLimits:
+        """The defaults, overridden by ``SCD_ARCHIVE_MAX_BYTES`` / ``_MAX_FILES`` / ``_MAX_RATIO`` when set."""
+        default = cls()
+
+        def read(name: str, kind: type, fallback):
+            raw = os.environ.get(name, "").strip()
+            if not raw:
+                return fallback
+            try:
+                value = kind(float(raw)) if kind is int else kind(raw)
+            except ValueError:
+                raise ScdError(f"{name}={raw!r} is not a number") from None
+            if value <= 0:
+                raise ScdError(f"{name} must be positive, got {raw!r}")
+            return value
+
+        return cls(read(MAX_BYTES_ENV, int, default.max_total_bytes), read(MAX_FILES_ENV, int, default.max_files),
+                   read(MAX_RATIO_ENV, float, default.max_ratio))
 
 
 def _entry_name(info: zipfile.ZipInfo) -> str:
@@ -46,65 +84,110 @@ def _is_ignored(parts: tuple[str, ...]) -> bool:
     return any(p in _IGNORED_PARTS or p.startswith("._") for p in parts)
 
 
+def _looks_like_archive(head: bytes) -> bool:
+    return head.startswith(_ARCHIVE_MAGIC) or head[257:262] == b"ustar"
+
+
 def safe_extract_zip(archive: str | Path, dest: str | Path, limits: ArchiveLimits | None = None,
                      error: type[ScdError] = ScdError) -> Path:
-    """Extract ``archive`` into ``dest`` (which must not exist yet) after validating every entry."""
-    limits = limits or ArchiveLimits()
+    """Extract ``archive`` into ``dest`` after validating every entry; returns ``dest``.
+
+    ``dest`` is published atomically (a rename). When ``dest`` appears meanwhile (another session or
+    process extracting the same content-addressed archive), the existing folder is kept and ours is
+    discarded. ``limits`` default to :meth:`ArchiveLimits.from_env`.
+    """
+    limits = limits or ArchiveLimits.from_env()
     archive, dest = Path(archive), Path(dest)
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise error(f"{archive.name}: not a valid zip archive ({exc})") from exc
     with zf:
         entries: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        folders: list[PurePosixPath] = []
+        seen: set[PurePosixPath] = set()
         total = 0
         for info in zf.infolist():
             name = _entry_name(info)
             if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
                 raise error(f"{archive.name}: entry {name!r} has an absolute path")
+            if "\x00" in name:
+                raise error(f"{archive.name}: entry {name!r} has a NUL character in its name")
             rel = PurePosixPath(name.replace("\\", "/"))
             if any(part == ".." for part in rel.parts):
                 raise error(f"{archive.name}: entry {name!r} escapes the archive (path traversal)")
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise error(f"{archive.name}: entry {name!r} is a symbolic link")
-            if info.is_dir() or _is_ignored(rel.parts):
+            if _is_ignored(rel.parts) or not rel.parts:
+                continue
+            if info.is_dir():
+                folders.append(rel)
                 continue
             if info.flag_bits & 0x1:
                 raise error(f"{archive.name}: entry {name!r} is encrypted; upload an archive without a password")
+            if rel in seen:
+                raise error(f"{archive.name}: entry {name!r} appears twice in the archive")
+            seen.add(rel)
             if rel.suffix.lower() in ARCHIVE_SUFFIXES:
                 raise error(f"{archive.name}: entry {name!r} is a nested archive; unpack it first")
             if info.file_size > (1 << 20) and info.file_size > limits.max_ratio * max(info.compress_size, 1):
                 raise error(f"{archive.name}: entry {name!r} has a suspicious compression ratio "
-                            f"({info.file_size / max(info.compress_size, 1):.0f}:1)")
+                            f"({info.file_size / max(info.compress_size, 1):.0f}:1, limit {limits.max_ratio:.0f}:1;"
+                            " decompression bomb?)")
             total += info.file_size
             entries.append((info, rel))
             if len(entries) > limits.max_files:
-                raise error(f"{archive.name}: more than {limits.max_files} files")
+                raise error(f"{archive.name}: more than {limits.max_files} files (entry {name!r} is one too many)")
             if total > limits.max_total_bytes:
-                raise error(f"{archive.name}: uncompressed size exceeds {limits.max_total_bytes} bytes")
+                raise error(f"{archive.name}: uncompressed size exceeds {limits.max_total_bytes} bytes "
+                            f"(reached at entry {name!r}; decompression bomb?)")
         if not entries:
             raise error(f"{archive.name}: the archive holds no files")
+        packed = max(archive.stat().st_size, 1)
+        if total > _WHOLE_RATIO_MIN_BYTES and total > limits.max_ratio * packed:
+            raise error(f"{archive.name}: expands from {packed} to {total} bytes ({total / packed:.0f}:1, limit "
+                        f"{limits.max_ratio:.0f}:1; decompression bomb?)")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+        current = ""
         try:
+            root = tmp.resolve()
+            for rel in folders:
+                current = str(rel)
+                folder = tmp.joinpath(*rel.parts)
+                if root != folder.resolve() and root not in folder.resolve().parents:
+                    raise error(f"{archive.name}: entry {rel} escapes the archive")
+                folder.mkdir(parents=True, exist_ok=True)
             for info, rel in entries:
+                current = str(rel)
                 target = tmp.joinpath(*rel.parts)
-                if tmp.resolve() not in target.resolve().parents:
+                if root not in target.resolve().parents:
                     raise error(f"{archive.name}: entry {rel} escapes the archive")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 written = 0
-                with zf.open(info) as src, open(target, "wb") as out:
+                sniff = rel.suffix.lower() not in _NO_SNIFF_SUFFIXES
+                with zf.open(info) as src, open(target, "xb") as out:
                     while block := src.read(1 << 20):
+                        if sniff and written == 0 and _looks_like_archive(block):
+                            raise error(f"{archive.name}: entry {rel} is an archive inside the archive "
+                                        "(nested archive); unpack it first")
                         written += len(block)
                         if written > info.file_size:  # the header lied about the size
                             raise error(f"{archive.name}: entry {rel} is larger than declared")
                         out.write(block)
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, NotImplementedError) as exc:
-            raise error(f"{archive.name}: corrupt or unsupported archive ({exc})") from exc
+            current = ""
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not dest.is_dir():
+                    raise
+                # the same content was published meanwhile by someone else: theirs is as good as ours
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, NotImplementedError,
+                RuntimeError) as exc:
+            where = f" at entry {current}" if current else ""
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise error(f"{archive.name}: corrupt or unsupported archive{where} ({reason})") from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -24,6 +24,7 @@ from .workspace import cache_dir
 CACHE_VERSION = "outputs-v1"
 _ARRAYS = ("labels", "joint", "hard_joint", "class_feature_sums", "features", "top_classes", "top_probs")
 DEFAULT_MAX_BYTES = 20 << 30
+STALE_TMP_S = 24 * 3600.0
 
 
 def output_key(teacher_fp: str, items_fp: str, transform_fp: str, temperature: float) -> str:
@@ -85,12 +86,13 @@ def load_entry(key: str, verify: bool = True) -> TeacherOutputs | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         if verify:
-            for name, digest in meta["checksums"].items():
-                if file_sha256(folder / name) != digest:
+            for name in ("stats.npz", "logits.npy"):  # both, whatever meta.json claims
+                if file_sha256(folder / name) != meta["checksums"][name]:
                     raise ValueError(f"checksum mismatch in {name}")
         with np.load(folder / "stats.npz", allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         logits = np.load(folder / "logits.npy", mmap_mode="r", allow_pickle=False)
+        _check_shapes(meta, arrays, logits)
         os.utime(folder)  # least-recently-used eviction looks at this
         return TeacherOutputs(
             teacher=meta["teacher"], teacher_labels=meta["teacher_labels"], target_labels=meta["target_labels"],
@@ -105,8 +107,32 @@ def load_entry(key: str, verify: bool = True) -> TeacherOutputs | None:
         return None
 
 
+def _check_shapes(meta: dict, arrays: dict[str, np.ndarray], logits: np.ndarray) -> None:
+    """An entry's arrays must agree with each other and with its labels (else it is not trusted)."""
+    n, k_t, k_s = arrays["labels"].shape[0], len(meta["teacher_labels"]), len(meta["target_labels"])
+    checks = {
+        "labels": arrays["labels"].ndim == 1 and len(meta["image_ids"]) in (0, n),
+        "logits": logits.shape == (n, k_t),
+        "joint": arrays["joint"].shape == (k_t, k_s) and arrays["hard_joint"].shape == (k_t, k_s),
+        "features": arrays["features"].shape[0] == n and arrays["class_feature_sums"].shape[0] == k_s,
+        "top": arrays["top_classes"].shape[0] == n and arrays["top_probs"].shape[0] == n,
+        "finite": bool(np.isfinite(arrays["joint"]).all()),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"inconsistent cache entry: {', '.join(bad)}")
+
+
 def cache_size_bytes() -> int:
     return sum(f.stat().st_size for f in _root().rglob("*") if f.is_file())
+
+
+def _env_limit() -> int:
+    raw = os.environ.get("SCD_CACHE_MAX_BYTES", "").strip()
+    try:
+        return int(float(raw)) if raw else DEFAULT_MAX_BYTES
+    except ValueError:  # a misconfigured limit must not break every ranking
+        return DEFAULT_MAX_BYTES
 
 
 def evict(max_bytes: int | None = None, keep: str | None = None) -> list[str]:
@@ -115,9 +141,17 @@ def evict(max_bytes: int | None = None, keep: str | None = None) -> list[str]:
     The default comes from ``SCD_CACHE_MAX_BYTES`` (20 GiB when unset); the entry ``keep`` (the one
     just written) is never removed. Returns the removed keys.
     """
-    limit = max_bytes if max_bytes is not None else int(os.environ.get("SCD_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
+    limit = max_bytes if max_bytes is not None else _env_limit()
     entries = []
+    now = time.time()
     for folder in list(_root().iterdir()):
+        if folder.name.startswith(".tmp-") and folder.is_dir():  # left by a crashed writer after a day
+            try:
+                if now - folder.stat().st_mtime > STALE_TMP_S:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:
+                pass
+            continue
         if folder.is_dir() and not folder.name.startswith("."):
             try:
                 size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
@@ -160,7 +194,7 @@ def load_arrays(folder: Path) -> dict[str, np.ndarray] | None:
         return None
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        if file_sha256(folder / "arrays.npz") != meta["checksums"]["arrays.npz"]:
+        if file_sha256(folder / "arrays.npz") != meta["checksums"]["arrays.npz"]:  # KeyError: not trusted
             raise ValueError("checksum mismatch")
         with np.load(folder / "arrays.npz", allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}

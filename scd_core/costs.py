@@ -1,6 +1,7 @@
 """Cost matrices between a teacher label space (``K_t`` rows) and a target label space (``K_s`` columns).
 
-Both costs take and return numpy ``float64`` arrays and have values in :math:`[0, 1]`, so that an
+Both costs take numpy arrays or torch tensors of any floating dtype (float16 and bfloat16 included),
+compute in ``float64`` and return numpy ``float64`` arrays with values in :math:`[0, 1]`, so that an
 entropic regularisation ``eps`` can be chosen relative to a known cost scale (see
 :mod:`scd_core.transport`).
 """
@@ -8,11 +9,14 @@ entropic regularisation ``eps`` can be chosen relative to a known cost scale (se
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 __all__ = ["conditional_cost", "prototype_cost"]
 
 
 def _as_float64(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
+    if isinstance(x, torch.Tensor):  # any dtype (bfloat16 has no numpy equivalent) and device
+        x = x.detach().to(device="cpu", dtype=torch.float64).numpy()
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")

@@ -336,9 +336,15 @@ def distill_job(target, teacher, config, run_dir: str | Path | None = None) -> J
     """A job function running :func:`scd_core.trainer.distill`; its result is the run's JSON record."""
 
     def run(report: Report, cancel: threading.Event) -> dict:
+        from . import workspace
         from .trainer import distill
 
-        result = distill(target, teacher, config, progress=report, cancel=cancel, run_dir=run_dir)
+        # The target set, the teacher folder and the run folder are in use: the workspace size limit
+        # never evicts them while the run goes on.
+        teacher_dir = teacher.location if teacher is not None and teacher.source == "folder" else None
+        with workspace.hold(getattr(target, "root", None), teacher_dir, run_dir):
+            result = distill(target, teacher, config, progress=report, cancel=cancel, run_dir=run_dir)
+            workspace.enforce_limit(keep=(result.run_dir,))
         return result.to_json()
 
     return run

@@ -23,9 +23,9 @@ from pathlib import Path
 from .archives import ArchiveLimits, safe_extract_zip, single_top_folder
 from .errors import ScdError, TargetSetError, TeacherError
 from .fingerprint import bytes_sha256
-from .targets import TargetSet, load_target
+from .targets import TargetSet, extraction_dir, load_target
 from .teachers import CONFIG_NAME, SAFETENSORS_NAME, TeacherRepository, TeacherSpec, load_teacher, spec_from_folder
-from .workspace import subdir, workspace_dir
+from .workspace import enforce_limit, subdir, workspace_dir
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PICKLE_SUFFIXES = frozenset({".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".onnx"})
@@ -72,37 +72,61 @@ def _safe_name(name: str, default: str = "upload") -> str:
     return stem or default
 
 
-def save_upload(session_id: str, filename: str, data: bytes, kind: str = "targets") -> Path:
+def save_upload(session_id: str, filename: str, data: bytes, kind: str = "targets",
+                error: type[ScdError] = ScdError) -> Path:
     """Keep an uploaded .zip in the session's folder, named by its content hash (same bytes, same file)."""
     if Path(filename).suffix.lower() != ".zip":
-        raise ScdError(f"{filename}: upload a .zip archive")
+        raise error(f"{filename}: upload a .zip archive")
     if not data:
-        raise ScdError(f"{filename}: the file is empty")
+        raise error(f"{filename}: the file is empty")
     folder = session_dir(session_id, "uploads", kind)
     path = folder / f"{_safe_name(filename)}-{bytes_sha256(data)[:12]}.zip"
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)[1])
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
-def load_uploaded_target(session_id: str, filename: str, data: bytes) -> TargetSet:
-    """Save, extract and validate an uploaded target zip; on any problem remove what was written."""
-    path = save_upload(session_id, filename, data, "targets")
+def _upload_message(exc: BaseException, filename: str, paths: list[Path], stored_name: str = "") -> str:
+    """The error's message with the server's folders (and the stored archive's name) replaced by the
+    upload's name."""
+    message = str(exc)
+    for path in sorted(paths, key=lambda p: -len(str(p))):
+        for variant in sorted({str(path.resolve()), str(path)}, key=len, reverse=True):
+            message = message.replace(variant, filename)
+    if stored_name and message.startswith(stored_name):
+        message = filename + message[len(stored_name):]
+    if filename not in message:
+        message = f"{filename}: {message}"
+    return message
+
+
+def load_uploaded_target(session_id: str, filename: str, data: bytes, *,
+                         limits: ArchiveLimits | None = None) -> TargetSet:
+    """Save, extract and validate an uploaded target zip; on any problem remove what was written.
+
+    The error message names the file inside the upload (``pets.zip/cat/3.png: ...``), never the
+    server's folders. ``limits`` default to :meth:`ArchiveLimits.from_env`.
+    """
+    path = save_upload(session_id, filename, data, "targets", TargetSetError)
     extract_dir = session_dir(session_id, "targets")
-    before = set(extract_dir.iterdir())
+    dest = extraction_dir(path, extract_dir)
+    existed = dest.exists()
     try:
-        target = load_target(path, extract_dir=extract_dir)
-    except ScdError as exc:
-        message = str(exc)
-        for new in sorted(set(extract_dir.iterdir()) - before, key=lambda p: -len(str(p))):
-            message = message.replace(str(new.resolve()), filename).replace(str(new), filename)
-            shutil.rmtree(new, ignore_errors=True)
-        message = message.replace(str(path), filename).replace(path.name, filename)
-        path.unlink(missing_ok=True)
-        raise type(exc)(message) from exc  # names the file inside the upload, not the server's folders
+        target = load_target(path, extract_dir=extract_dir, limits=limits)
+    except BaseException as exc:
+        if not existed:
+            shutil.rmtree(dest, ignore_errors=True)
+            path.unlink(missing_ok=True)
+        if isinstance(exc, ScdError):  # names the file inside the upload, not the server's folders
+            raise type(exc)(_upload_message(exc, filename, [dest, path, path.parent], path.name)) from exc
+        raise
     target.name = Path(filename).stem
+    enforce_limit(keep=(dest, path))
     return target
 
 
@@ -146,8 +170,11 @@ def add_uploaded_teacher(session_id: str, filename: str, data: bytes, *, check_w
     """
     if Path(filename).suffix.lower() != ".zip":
         raise TeacherError(f"{filename}: upload a teacher as a .zip of its folder (config.json + model.safetensors)")
+    if not data:
+        raise TeacherError(f"{filename}: the file is empty")
     base = session_dir(session_id, "teachers")
     work = Path(tempfile.mkdtemp(prefix=".incoming-", dir=base))
+    final: Path | None = None
     try:
         archive = work / "upload.zip"
         archive.write_bytes(data)
@@ -158,21 +185,30 @@ def add_uploaded_teacher(session_id: str, filename: str, data: bytes, *, check_w
         if name in taken or (base / name).exists():
             raise TeacherError(f"a teacher named {name!r} is already in the repository; rename the folder "
                                "inside the zip or remove the other teacher first")
+        try:
+            folder.rename(base / name)
+        except OSError as exc:  # the same name was taken meanwhile (a second upload of this session)
+            raise TeacherError(f"a teacher named {name!r} is already in the repository") from exc
         final = base / name
-        folder.rename(final)
         try:
             spec = spec_from_folder(final)
             if check_weights:
                 load_teacher(spec, "cpu")
         except ScdError:
-            shutil.rmtree(final, ignore_errors=True)
             raise
         except Exception as exc:  # e.g. a safetensors header that lies: never a traceback
-            shutil.rmtree(final, ignore_errors=True)
             raise TeacherError(f"{filename}: cannot use this teacher ({type(exc).__name__}: {exc})") from exc
-        return spec
+    except BaseException as exc:
+        if final is not None:
+            shutil.rmtree(final, ignore_errors=True)
+        if isinstance(exc, ScdError):  # name the upload, not the server's folders
+            paths = [p for p in (final, archive, work) if p is not None]
+            raise type(exc)(_upload_message(exc, filename, paths, archive.name)) from exc
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    enforce_limit(keep=(final,))
+    return spec
 
 
 def remove_uploaded_teacher(session_id: str, folder: str | Path) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .archives import safe_extract_zip, single_top_folder
+from .archives import ArchiveLimits, safe_extract_zip, single_top_folder
 from .errors import TargetSetError
 from .fingerprint import bytes_sha256, combine
 from .images import check_image_bytes, is_image_name, load_rgb
@@ -134,10 +136,21 @@ def _stratified_val(labels: np.ndarray, val_fraction: float, seed: int) -> np.nd
     return is_val
 
 
+def _nfc(label: str | None) -> str | None:
+    """Class names in Unicode NFC: macOS writes folder names decomposed (NFD), other systems composed."""
+    return unicodedata.normalize("NFC", label) if label is not None else None
+
+
 def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fraction: float,
            seed: int) -> TargetSet:
     if not records:
         raise TargetSetError(f"{source}: no images found")
+    records = [_Record(r.path, _nfc(r.label), r.split) for r in records]
+    real_root = root.resolve()
+    for rec in records:  # a symbolic link (file or folder) leading out of the target set is never followed
+        if real_root not in rec.path.resolve().parents:
+            raise TargetSetError(f"{_rel(rec.path, root)}: symbolic link to a file outside the target set "
+                                 "(links are not followed out of it)")
     labeled = [r for r in records if r.label is not None]
     class_names = sorted({r.label for r in labeled})
     if not class_names:
@@ -248,10 +261,12 @@ def _class_folders_except(root: Path, source: str) -> list[_Record]:
 
 
 def _decode_csv(path: Path) -> str:
+    """CSV text: UTF-16 with a byte-order mark (Excel's "Unicode text"), UTF-8, else Windows-1252/Latin-1."""
     raw = path.read_bytes()
     if len(raw) > MAX_CSV_BYTES:
         raise TargetSetError(f"{path}: CSV larger than {MAX_CSV_BYTES} bytes")
-    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+    encodings = ("utf-16",) if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else ()
+    for encoding in (*encodings, "utf-8-sig", "cp1252", "latin-1"):
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
@@ -261,35 +276,48 @@ def _decode_csv(path: Path) -> str:
 
 def _read_csv(path: Path) -> list[_Record]:
     text = _decode_csv(path)
-    reader = csv.DictReader(io.StringIO(text))
+    if "\x00" in text:
+        raise TargetSetError(f"{path}: not a text CSV file (it holds NUL bytes)")
+    header = text.split("\n", 1)[0]
+    # Excel in many locales writes ';'-separated CSV, and "CSV" exports are sometimes tab-separated.
+    delimiter = max((",", ";", "\t"), key=lambda d: (header.count(d), d == ","))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     fields = [f.strip().lower() for f in (reader.fieldnames or [])]
     missing = [c for c in ("path", "label") if c not in fields]
     if missing:
         raise TargetSetError(f"{path}: missing column(s) {', '.join(missing)} (expected path,label[,split])")
     base = path.parent.resolve()
     records: list[_Record] = []
-    for line_no, row in enumerate(reader, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-        rel = row.get("path", "")
-        if not rel:
-            raise TargetSetError(f"{path}:{line_no}: empty path")
-        file = (base / rel).resolve()
-        if base not in file.parents:
-            raise TargetSetError(f"{path}:{line_no}: path {rel!r} escapes the CSV's folder")
-        if not file.is_file():
-            raise TargetSetError(f"{path}:{line_no}: image {rel!r} does not exist")
-        if not is_image_name(file.name):
-            raise TargetSetError(f"{path}:{line_no}: {rel!r} is not a supported image type")
-        split = row.get("split", "").lower() or None
-        if split is not None and split not in (*SPLITS, UNLABELED):
-            raise TargetSetError(f"{path}:{line_no}: unknown split {split!r} (use train, val, test)")
-        label = row.get("label") or None
-        if split == UNLABELED:
-            label = None
-        records.append(_Record(file, label, split if label is not None else None))
+    try:
+        for row in reader:
+            records.append(_csv_record(path, reader.line_num, row, base))
+    except csv.Error as exc:
+        raise TargetSetError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from exc
     if not records:
         raise TargetSetError(f"{path}: the CSV lists no images")
     return records
+
+
+def _csv_record(path: Path, line_no: int, row: dict, base: Path) -> _Record:
+    # Cells beyond the header land under the key None (as a list): ignored.
+    row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+    rel = row.get("path", "").replace("\\", "/")  # paths written on Windows
+    if not rel:
+        raise TargetSetError(f"{path}:{line_no}: empty path")
+    file = (base / rel).resolve()
+    if base not in file.parents:
+        raise TargetSetError(f"{path}:{line_no}: path {rel!r} escapes the CSV's folder")
+    if not file.is_file():
+        raise TargetSetError(f"{path}:{line_no}: image {rel!r} does not exist")
+    if not is_image_name(file.name):
+        raise TargetSetError(f"{path}:{line_no}: {rel!r} is not a supported image type")
+    split = row.get("split", "").lower() or None
+    if split is not None and split not in (*SPLITS, UNLABELED):
+        raise TargetSetError(f"{path}:{line_no}: unknown split {split!r} (use train, val, test)")
+    label = row.get("label") or None
+    if split == UNLABELED:
+        label = None
+    return _Record(file, label, split if label is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,9 +332,22 @@ def _is_data_folder(folder: Path) -> bool:
     return any(is_image_name(p.name) and p.is_file() for p in folder.iterdir())
 
 
+def extraction_dir(archive: Path, extract_dir: Path | None = None) -> Path:
+    """Where :func:`load_target` extracts ``archive``: ``<extract_dir>/<content hash>`` (default
+    ``<workspace>/uploads/targets``), so the same bytes are extracted once."""
+    from .fingerprint import file_sha256
+    from .workspace import subdir
+
+    return (extract_dir or subdir("uploads", "targets")) / file_sha256(archive)[:16]
+
+
 def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
-                extract_dir: Path | None = None) -> TargetSet:
-    """Load and validate a target set from a folder, a .zip, a CSV or ``demo:WORLD``."""
+                extract_dir: Path | None = None, limits: ArchiveLimits | None = None) -> TargetSet:
+    """Load and validate a target set from a folder, a .zip, a CSV or ``demo:WORLD``.
+
+    A zip is extracted safely (:func:`scd_core.archives.safe_extract_zip`, within ``limits``) into
+    :func:`extraction_dir`; when the content is refused, the extraction is removed again.
+    """
     text = str(spec)
     if text.startswith("demo:"):
         from .demo import ensure_world
@@ -319,14 +360,22 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
     if not path.exists():
         raise TargetSetError(f"{text}: no such file or folder")
     if path.is_file() and path.suffix.lower() == ".zip":
-        from .fingerprint import file_sha256
-        from .workspace import subdir
+        from . import workspace
 
-        dest = (extract_dir or subdir("uploads", "targets")) / file_sha256(path)[:16]
-        if not dest.exists():
-            safe_extract_zip(path, dest, error=TargetSetError)
-        ts = load_target(single_top_folder(dest, keep=_is_data_folder), val_fraction=val_fraction, seed=seed)
+        dest = extraction_dir(path, extract_dir)
+        created = not dest.exists()
+        if created:
+            safe_extract_zip(path, dest, limits, error=TargetSetError)
+        try:
+            with workspace.hold(dest):
+                ts = load_target(single_top_folder(dest, keep=_is_data_folder), val_fraction=val_fraction, seed=seed)
+        except BaseException:
+            if created:  # a refused archive leaves no extracted files behind
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
         ts.name, ts.source = path.stem, str(path)
+        if created:
+            workspace.enforce_limit(keep=(dest, path))
         return ts
     if path.is_file() and path.suffix.lower() == ".csv":
         records = _read_csv(path)

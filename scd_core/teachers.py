@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -32,6 +33,22 @@ PICKLED_NAMES = ("pytorch_model.bin", "model.pth", "model.bin")
 HUB_LIST_NAME = "hub_models.txt"
 _SYNSET = re.compile(r"^n\d{8}$")
 _MAX_CONFIG_BYTES = 64 << 20
+MAX_CLASSES_ENV = "SCD_MAX_TEACHER_CLASSES"
+DEFAULT_MAX_CLASSES = 100_000  # ImageNet-22k has 21,843; a larger head is refused before it is allocated
+# Keyword arguments of timm.create_model a config's model_args must not set: they load files or
+# weights (checkpoint_path, pretrained*), or change what is built behind the config's back.
+_FORBIDDEN_MODEL_ARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                                   "pretrained_strict", "cache_dir", "features_only",
+                                   "model_name", "device", "dtype"})
+
+
+def max_teacher_classes() -> int:
+    """The largest head accepted: ``SCD_MAX_TEACHER_CLASSES`` when set, else 100,000."""
+    raw = os.environ.get(MAX_CLASSES_ENV, "").strip()
+    try:
+        return int(raw) if raw else DEFAULT_MAX_CLASSES
+    except ValueError:
+        return DEFAULT_MAX_CLASSES
 
 
 @dataclass(frozen=True)
@@ -177,14 +194,23 @@ def _spec_from_config(name: str, source: str, location: str, config: dict[str, A
     if not timm.is_model(arch):
         raise TeacherError(f"teacher {name!r}: unknown timm architecture {arch!r}")
     pretrained_cfg = config.get("pretrained_cfg") or {}
+    if not isinstance(pretrained_cfg, dict):
+        raise TeacherError(f"teacher {name!r}: pretrained_cfg must be an object")
     num_classes = config.get("num_classes", pretrained_cfg.get("num_classes"))
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise TeacherError(f"teacher {name!r}: config.json needs a positive integer 'num_classes'")
+    if num_classes > max_teacher_classes():
+        raise TeacherError(f"teacher {name!r}: num_classes={num_classes} exceeds the limit of "
+                           f"{max_teacher_classes()} classes ({MAX_CLASSES_ENV})")
     labels = resolve_label_names(config, num_classes)
     description = config.get("description", "")
     model_args = config.get("model_args") or {}
     if not isinstance(model_args, dict):
         raise TeacherError(f"teacher {name!r}: model_args must be an object")
+    forbidden = sorted(k for k in model_args if not isinstance(k, str) or k in _FORBIDDEN_MODEL_ARGS)
+    if forbidden:
+        raise TeacherError(f"teacher {name!r}: model_args may not set {', '.join(map(str, forbidden))} "
+                           "(weights come only from the teacher folder's own file)")
     return TeacherSpec(
         name=name,
         source=source,
@@ -345,6 +371,49 @@ def load_state_dict_safely(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header (no tensor data is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:
+        raise TeacherError(f"{path}: cannot read weights safely ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_weights_fit(spec: TeacherSpec, weights: Path, overlay: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    """Compare the architecture's parameter shapes (built on the meta device: no memory) with the
+    safetensors header, so that a config naming a huge model beside small weights is refused before
+    the model is allocated. Architectures that cannot be built on the meta device skip this check
+    (the strict load still catches a mismatch)."""
+    import timm
+
+    shapes = _safetensors_shapes(weights)
+    try:
+        with torch.device("meta"):
+            meta = timm.create_model(spec.architecture, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+        expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    except Exception:
+        return
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
+    if not (missing or unexpected or wrong):
+        return
+    details = []
+    if wrong:
+        k = wrong[0]
+        details.append(f"{len(wrong)} size mismatch(es), e.g. {k}: {list(shapes[k])} in the file, "
+                       f"{list(expected[k])} in the model")
+    if missing:
+        details.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    raise TeacherError(f"teacher {spec.name!r}: weights do not fit {spec.architecture!r} with "
+                       f"{spec.num_classes} classes ({weights.name}: {'; '.join(details)})")
+
+
 def load_teacher(spec: TeacherSpec, device: str | torch.device = "cpu") -> nn.Module:
     """Instantiate the teacher's timm model with its weights, in eval mode, on ``device``."""
     import timm
@@ -356,12 +425,15 @@ def load_teacher(spec: TeacherSpec, device: str | torch.device = "cpu") -> nn.Mo
         except Exception as exc:
             raise TeacherError(f"cannot load hub teacher {spec.location!r}: {exc}") from exc
         return model.eval().to(device)
+    weights = weights_file(Path(spec.location))
+    kwargs = dict(spec.model_args, num_classes=spec.num_classes)
+    if weights.suffix == ".safetensors":  # check shapes against the file's header before allocating
+        _check_weights_fit(spec, weights, overlay, kwargs)
     try:
-        kwargs = dict(spec.model_args, num_classes=spec.num_classes)
         model = timm.create_model(spec.architecture, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as exc:
         raise TeacherError(f"teacher {spec.name!r}: cannot build {spec.architecture!r}: {exc}") from exc
-    state = load_state_dict_safely(weights_file(Path(spec.location)))
+    state = load_state_dict_safely(weights)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -542,13 +542,22 @@ def sinkhorn(
     )
 
 
-def _renormalised(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    M = np.ascontiguousarray(cost, dtype=np.float64)
+def _np64(x: ArrayLike) -> np.ndarray:
+    """float64 numpy copy of a numpy array or a torch tensor of any dtype and device (bfloat16 too)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device="cpu", dtype=torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _renormalised(a: ArrayLike, b: ArrayLike, cost: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a = _np64(a).ravel()
+    b = _np64(b).ravel()
+    M = np.ascontiguousarray(_np64(cost))
     if M.shape != (a.size, b.size):
         raise ValueError(f"cost of shape {M.shape} for a of {a.size} and b of {b.size} entries")
-    if np.any(a < 0) or np.any(b < 0) or a.sum() <= 0 or b.sum() <= 0:
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(M).all()):
+        raise ValueError("a, b and the cost must be finite (no NaN or infinity)")
+    if np.any(a < 0) or np.any(b < 0) or not a.sum() > 0 or not b.sum() > 0:
         raise ValueError("a and b must be non-negative with positive mass")
     # POT checks that the masses agree to ~1e-7: normalise both to 1 exactly in float64.
     return a / a.sum(), b / b.sum(), M
