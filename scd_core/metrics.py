@@ -3,7 +3,7 @@
 Every metric reads a :class:`~scd_core.outputs.TeacherOutputs` (one teacher on one labeled target
 set of N images, K_s target classes, K_t teacher classes, features of dimension d) and returns one
 number. ``higher_is_better`` gives the direction; :data:`METRICS` is the registry used by the CLI and
-the app (``scd``, ``scd_conditional``, ``leep``, ``nce``, ``logme``, ``hscore``).
+the app (``scd``, ``scd_cost``, ``scd_conditional``, ``leep``, ``nce``, ``logme``, ``hscore``).
 
 The array-level functions (:func:`scd_from_joint`, :func:`leep_from_probs`, :func:`nce_from_hard_joint`,
 :func:`logme_score`, :func:`hscore`, :func:`hscore_plain`) hold the math and are what the metric classes
@@ -46,6 +46,48 @@ def scd_from_joint(joint: np.ndarray, cost: np.ndarray) -> float:
     if joint.shape != cost.shape:
         raise ValueError(f"joint {joint.shape} and cost {cost.shape} must have the same shape")
     return float(np.sum(joint * cost))
+
+
+SCD_TAU = 0.5
+"""Default Gibbs temperature of :func:`scd_contrast_from_chunks`, in units of the cost's range (README)."""
+
+
+def scd_contrast_from_chunks(cost: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+                             tau: float = SCD_TAU) -> float:
+    r"""Contrastive SCD: how much cheaper it is to transport each prediction to its own label (higher is better).
+
+    With :math:`\tilde C` the cost rescaled to [0, 1] (min-max), the OT cost from the teacher's
+    prediction to the Dirac mass on target class j is :math:`D_{nj} = OT(p(x_n), e_j; \tilde C)
+    = (p(x_n)^\top \tilde C)_j`. The score is the mean log-likelihood of the true label under the
+    Gibbs distribution of these costs,
+
+    .. math::
+        \mathrm{SCD} = \frac{1}{N} \sum_n \log \frac{\exp(-D_{n y_n} / \tau)}{\sum_j \exp(-D_{nj} / \tau)}
+        \in (-\infty, 0].
+
+    The plain mean cost :math:`\langle J, C\rangle = \frac{1}{N}\sum_n D_{n y_n}` (:func:`scd_from_joint`)
+    only looks at the label's own cost, so a teacher whose classes are cheap to send anywhere scores
+    well without telling the classes apart; the partition function compares each label's cost with
+    the cost of every other label. An uninformative teacher scores about :math:`-\log K_s`.
+    Chunks are ``(probs (B, K_t), labels (B,))``; one (B, K_s) block is held at a time.
+    """
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    c = np.asarray(cost, dtype=np.float64)
+    spread = float(c.max() - c.min()) if c.size else 0.0
+    c = (c - c.min()) / spread if spread > 0 else np.zeros_like(c)
+    total, count = 0.0, 0
+    for probs, labels in chunks:
+        labels = np.asarray(labels, dtype=np.int64)
+        probs = np.asarray(probs)
+        z = -(probs @ c.astype(probs.dtype, copy=False)).astype(np.float64) / tau  # (B, K_s)
+        z -= z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(z).sum(axis=1))
+        total += float((z[np.arange(labels.shape[0]), labels] - log_norm).sum())
+        count += labels.shape[0]
+    if count == 0:
+        raise ScdError("SCD needs at least one labeled image")
+    return total / count
 
 
 def _conditional_from_joint(joint: np.ndarray) -> np.ndarray:
@@ -364,26 +406,39 @@ class Metric(ABC):
 
 
 class ScdMetric(Metric):
-    """SCD: mean OT cost from each teacher prediction to its label, <J, C> (lower is better).
+    """SCD teacher assessment from the teacher-to-target cost C, in one of two forms.
+
+    ``form="contrast"`` (the default ``scd``, higher is better): :func:`scd_contrast_from_chunks`, the
+    mean log-likelihood of each label under a Gibbs distribution of the OT costs from the prediction
+    to every target class (a second, streamed pass over the stored logits, like LEEP).
+    ``form="cost"`` (``scd_cost``, lower is better): the SPEC's starting point, the mean OT cost from
+    each prediction to its label, <J, C> (:func:`scd_from_joint`), from the joint alone.
 
     ``cost="prototype"``: C from :func:`scd_core.costs.prototype_cost` (cosine between head rows and
     centred target class means), falling back to the conditional cost when the teacher's head is
     not linear (``head_weight is None``); ``cost="conditional"``: C_ij = clip(-log P(j | i) / log K_s).
+    Why the default is the contrastive prototype form: benchmarks/results/ranking.md and the README.
     """
 
-    higher_is_better = False
     needs_features = False  # uses class_feature_sums only
 
-    def __init__(self, cost: str = "prototype", name: str | None = None, smoothing: float = 1e-3) -> None:
+    def __init__(self, cost: str = "prototype", form: str = "contrast", name: str | None = None,
+                 smoothing: float = 1e-3, tau: float = SCD_TAU, chunk_size: int | None = None) -> None:
         if cost not in ("prototype", "conditional"):
             raise ScdError(f"unknown SCD cost {cost!r}; valid: prototype, conditional")
-        self.cost = cost
-        self.smoothing = smoothing
-        self.name = name or ("scd" if cost == "prototype" else f"scd_{cost}")
+        if form not in ("contrast", "cost"):
+            raise ScdError(f"unknown SCD form {form!r}; valid: contrast, cost")
+        self.cost, self.form = cost, form
+        self.smoothing, self.tau, self.chunk_size = smoothing, tau, chunk_size
+        self.higher_is_better = form == "contrast"
+        default = "scd" + ("" if cost == "prototype" else f"_{cost}") + ("" if form == "contrast" else "_cost")
+        self.name = name or default
+        cost_text = ("prototype cost (conditional for non-linear heads)" if cost == "prototype"
+                     else "conditional cost -log P(y|z)")
         self.description = (
-            "Mean OT cost from each teacher prediction to its label, <J, C>, with the "
-            + ("prototype cost (conditional for non-linear heads)" if cost == "prototype"
-               else "conditional cost -log P(y|z)") + "; lower is better."
+            f"Mean log-likelihood of the label under exp(-OT(p, e_y) / {tau:g}), {cost_text}; higher is better."
+            if form == "contrast" else
+            f"Mean OT cost from each teacher prediction to its label, <J, C>, {cost_text}; lower is better."
         )
 
     def cost_matrix(self, outputs: TeacherOutputs) -> np.ndarray:
@@ -395,7 +450,11 @@ class ScdMetric(Metric):
         return conditional_cost(outputs.joint, smoothing=self.smoothing)
 
     def score(self, outputs: TeacherOutputs) -> float:
-        return scd_from_joint(outputs.joint, self.cost_matrix(outputs))
+        cost = self.cost_matrix(outputs)
+        if self.form == "cost":
+            return scd_from_joint(outputs.joint, cost)
+        chunks = ((p, outputs.labels[rows]) for rows, p in outputs.iter_probabilities(self.chunk_size))
+        return scd_contrast_from_chunks(cost, chunks, self.tau)
 
 
 class LeepMetric(Metric):
@@ -410,8 +469,8 @@ class LeepMetric(Metric):
     needs_features = False
     description = "Log expected empirical prediction, mean log sum_z p(z|x) P(y|z) (Nguyen et al. 2020)."
 
-    def __init__(self, chunk_size: int = 4096) -> None:
-        self.chunk_size = chunk_size
+    def __init__(self, chunk_size: int | None = None) -> None:
+        self.chunk_size = chunk_size  # None: iter_probabilities' default, about 64 MB whatever K_t
 
     def score(self, outputs: TeacherOutputs) -> float:
         chunks = ((p, outputs.labels[rows]) for rows, p in outputs.iter_probabilities(self.chunk_size))
@@ -459,10 +518,11 @@ class HscoreMetric(Metric):
 
 METRICS: dict[str, Metric] = {
     m.name: m
-    for m in (ScdMetric("prototype"), ScdMetric("conditional"), LeepMetric(), NceMetric(), LogmeMetric(),
-              HscoreMetric())
+    for m in (ScdMetric("prototype"), ScdMetric("prototype", form="cost"),
+              ScdMetric("conditional", form="cost", name="scd_conditional"),
+              LeepMetric(), NceMetric(), LogmeMetric(), HscoreMetric())
 }
-"""Registry of metrics by name: scd, scd_conditional, leep, nce, logme, hscore."""
+"""Registry of metrics by name: scd, scd_cost, scd_conditional (mean cost), leep, nce, logme, hscore."""
 
 DEFAULT_METRICS: tuple[str, ...] = ("scd", "leep", "nce", "logme", "hscore")
 

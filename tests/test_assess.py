@@ -97,10 +97,10 @@ def test_rank_table_is_sorted_best_first_with_directions(world):
     assert table["leep"].is_monotonic_decreasing  # leep: higher is better, ranked first
     assert set(table.index) == set(repo.names)
     by_scd = rank(target, repo, metrics=["scd"], device="cpu")
-    assert by_scd["scd"].is_monotonic_increasing  # scd: lower is better
+    assert by_scd["scd"].is_monotonic_decreasing  # scd (contrastive log-likelihood): higher is better
     payload = ranking_json(table)
     assert set(payload) >= {"target", "metrics", "teachers", "timing"}
-    assert payload["metrics"]["scd"]["higher_is_better"] is False
+    assert payload["metrics"]["scd"]["higher_is_better"] is True
     assert payload["metrics"]["leep"]["higher_is_better"] is True
     first = payload["teachers"][0]
     assert set(first) >= {"name", "num_classes", "scores"} and set(first["scores"]) == {"leep", "scd", "nce"}

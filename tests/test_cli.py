@@ -39,10 +39,10 @@ def test_rank_json_follows_the_contract(paths):
                  "--device", "cpu", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert set(data) >= {"target", "metrics", "teachers", "timing"}
-    assert data["metrics"]["scd"] == {"higher_is_better": False, "description": data["metrics"]["scd"]["description"]}
+    assert data["metrics"]["scd"] == {"higher_is_better": True, "description": data["metrics"]["scd"]["description"]}
     assert [t["name"] for t in data["teachers"]] != [] and {t["name"] for t in data["teachers"]} == {"wide", "narrow"}
     scds = [t["scores"]["scd"] for t in data["teachers"]]
-    assert scds == sorted(scds)  # best first by the first metric (lower is better)
+    assert scds == sorted(scds, reverse=True)  # best first by the first metric (higher is better)
     assert all(isinstance(t["num_classes"], int) for t in data["teachers"])
 
 

@@ -27,6 +27,7 @@ from scd_core.metrics import (
     logme_score,
     nce_from_hard_joint,
     nce_from_labels,
+    scd_contrast_from_chunks,
     scd_from_joint,
     score_all,
 )
@@ -74,17 +75,18 @@ def _teacher(rng: np.random.Generator, labels: np.ndarray, k_t: int, d: int,
 
 def test_registry_contents_and_directions():
     assert set(DEFAULT_METRICS) <= set(METRICS)
-    assert set(METRICS) == {"scd", "scd_conditional", "leep", "nce", "logme", "hscore"}
+    assert set(METRICS) == {"scd", "scd_cost", "scd_conditional", "leep", "nce", "logme", "hscore"}
     for name, metric in METRICS.items():
         assert isinstance(metric, Metric)
         assert metric.name == name
         assert metric.description and "\n" not in metric.description
         assert set(metric.info()) == {"higher_is_better", "needs_features", "description"}
-    assert not METRICS["scd"].higher_is_better and not METRICS["scd_conditional"].higher_is_better
+    assert METRICS["scd"].higher_is_better  # contrastive log-likelihood
+    assert not METRICS["scd_cost"].higher_is_better and not METRICS["scd_conditional"].higher_is_better
     assert all(METRICS[m].higher_is_better for m in ("leep", "nce", "logme", "hscore"))
     assert METRICS["logme"].needs_features and METRICS["hscore"].needs_features
     assert not any(METRICS[m].needs_features for m in ("scd", "leep", "nce"))
-    assert METRICS["scd"].better(0.1, 0.2) and METRICS["leep"].better(-0.1, -0.2)
+    assert METRICS["scd_cost"].better(0.1, 0.2) and METRICS["scd"].better(-0.1, -0.2)
 
 
 def test_unknown_metric_raises_scd_error_listing_names():
@@ -216,11 +218,46 @@ def test_scd_metric_costs_and_fallback():
     outputs = _teacher(rng, _labels(rng, 60, 4), 6, 10, True)
     sums = outputs.class_feature_sums
     c_proto = prototype_cost(outputs.head_weight, sums, outputs.class_counts, sums.sum(0) / 60)
-    assert get_metric("scd").score(outputs) == pytest.approx(float(np.sum(outputs.joint * c_proto)))
+    assert get_metric("scd_cost").score(outputs) == pytest.approx(float(np.sum(outputs.joint * c_proto)))
     c_cond = conditional_cost(outputs.joint, smoothing=1e-3)
     assert get_metric("scd_conditional").score(outputs) == pytest.approx(float(np.sum(outputs.joint * c_cond)))
     outputs.head_weight = None  # non-linear head: the prototype metric falls back to the conditional cost
-    assert get_metric("scd").score(outputs) == pytest.approx(get_metric("scd_conditional").score(outputs))
+    assert get_metric("scd_cost").score(outputs) == pytest.approx(get_metric("scd_conditional").score(outputs))
+
+
+def test_scd_contrast_worked_by_hand():
+    # two teacher classes, two target classes; cost already spans [0, 1]
+    cost = np.array([[0.0, 1.0], [1.0, 0.0]])
+    probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1]])
+    labels = np.array([0, 1, 1])
+    tau = 0.5
+    # D = p C: [[0, 1], [.5, .5], [.1, .9]]; log-likelihood of each label under softmax(-D / tau)
+    d = probs @ cost
+    ll = [-d[n, y] / tau - np.log(np.exp(-d[n] / tau).sum()) for n, y in enumerate(labels)]
+    expected = float(np.mean(ll))
+    assert expected == pytest.approx(np.mean([-np.log1p(np.exp(-2.0)), -np.log(2.0), -1.6 - np.log1p(np.exp(-1.6))]))
+    assert scd_contrast_from_chunks(cost, [(probs[:2], labels[:2]), (probs[2:], labels[2:])], tau) == \
+        pytest.approx(expected, rel=1e-12)
+    # invariant to an affine rescaling of the cost (min-max normalised), and -log K_s for a constant prediction
+    assert scd_contrast_from_chunks(3 * cost + 2, [(probs, labels)], tau) == pytest.approx(expected, rel=1e-12)
+    flat = np.full((4, 2), 0.5)
+    assert scd_contrast_from_chunks(cost, [(flat, np.array([0, 1, 0, 1]))], tau) == pytest.approx(-np.log(2.0))
+    with pytest.raises(ValueError):
+        scd_contrast_from_chunks(cost, [(probs, labels)], tau=0.0)
+
+
+def test_scd_contrast_prefers_the_discriminative_teacher_that_mean_cost_misses():
+    """A teacher whose classes are cheap to send everywhere wins on <J, C> but not on the contrastive score."""
+    labels = np.array([0, 1] * 20)
+    probs = np.tile([[1.0, 0.0]], (40, 1))  # one teacher class for every image
+    cheap_everywhere = np.array([[0.0, 0.02], [1.0, 1.0]])  # class 0 costs ~0 to both target classes
+    sharp = np.array([[0.0, 1.0], [1.0, 0.0]])
+    sharp_probs = np.where(labels[:, None] == np.arange(2)[None, :], 0.9, 0.1)  # tells the classes apart
+    j_cheap = joint_from_probs(probs, labels, 2)
+    j_sharp = joint_from_probs(sharp_probs, labels, 2)
+    assert scd_from_joint(j_cheap, cheap_everywhere) < scd_from_joint(j_sharp, sharp)  # mean cost is fooled
+    assert scd_contrast_from_chunks(sharp, [(sharp_probs, labels)]) > \
+        scd_contrast_from_chunks(cheap_everywhere, [(probs, labels)])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -410,4 +447,5 @@ def test_ranges_on_random_teachers(seed, k_s, k_t, n):
     h_y = -np.sum(np.bincount(y) / n * np.log(np.bincount(y) / n))
     assert -h_y - 1e-9 <= scores["nce"] <= 1e-12
     assert scores["leep"] <= 1e-9
-    assert 0.0 <= scores["scd_conditional"] <= 1.0
+    assert 0.0 <= scores["scd_conditional"] <= 1.0 and 0.0 <= scores["scd_cost"] <= 1.0
+    assert scores["scd"] <= 1e-12  # a log-likelihood
