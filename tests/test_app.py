@@ -104,8 +104,8 @@ def test_demo_flow_end_to_end():
     assert not errors(at)
     assert any("Best teacher by **scd**" in s.value for s in at.success)
     ranking = at.dataframe[0].value
-    assert len(ranking) == 7 and "scd ↓" in ranking.columns and "leep ↑" in ranking.columns
-    assert any("lower is better" in spec for spec in plotly_specs(at))
+    assert len(ranking) == 7 and "scd ↑" in ranking.columns and "leep ↑" in ranking.columns
+    assert any("higher is better" in spec for spec in plotly_specs(at))
     assert any(d.label == "Download ranking (CSV)" for d in at.get("download_button"))
     at.selectbox(key="w_rank_by").set_value("leep")
     clean(at.run())
