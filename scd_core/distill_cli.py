@@ -11,7 +11,7 @@ from .trainer import DEFAULT_STUDENT, DistillConfig
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
     return DistillConfig(method=method, student=args.student, epochs=args.epochs, batch_size=args.batch_size,
                          optimizer=args.optimizer, lr=args.lr, weight=args.weight, temperature=args.temperature,
-                         image_size=args.image_size, seed=args.seed, device=args.device)
+                         eps=args.eps, cost=args.cost, image_size=args.image_size, seed=args.seed, device=args.device)
 
 
 def cmd_distill(args: argparse.Namespace, bar) -> dict:
@@ -53,6 +53,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight", type=float, default=DistillConfig.weight, help="lambda of the teacher term")
     p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
+    p.add_argument("--eps", type=float, default=DistillConfig.eps,
+                   help="entropic regularisation of the scd loss, relative to the cost range")
+    p.add_argument("--cost", default=DistillConfig.cost, choices=["prototype", "conditional"],
+                   help="teacher-to-target cost of the scd loss")
     p.add_argument("--image-size", type=int)
     p.add_argument("--seed", type=int, default=0)
 

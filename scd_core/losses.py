@@ -182,6 +182,10 @@ class _OTDivergence(torch.autograd.Function):
         return None, grad_value[:, None] * g, None, None, None, None
 
 
+MIN_TRAIN_EPS = 0.01
+"""Smallest entropic regularisation the ``scd`` loss accepts (relative to a [0, 1] cost)."""
+
+
 def ot_divergence(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float = 0.05,
                   max_iter: int = 200, tol: float = 1e-4) -> torch.Tensor:
     """Entropic OT value between the rows of ``a`` (B, K_t) and ``b`` (B, K_s), differentiable in b."""
@@ -193,6 +197,11 @@ class SCDLoss(DistillLoss):
 
     The cost is rescaled to [0, 1] (min-max) so that ``eps`` is relative to its spread; the exact
     plan is unchanged by this affine rescaling, only the entropic smoothing is calibrated by it.
+
+    As in Hinton's KD, the term is multiplied by :math:`T^2`: the gradient reaching the student's
+    logits through the softmax at temperature T is scaled by 1/T, and the potential's spread by
+    about 1/T again, so without the factor the teacher's signal fades as T grows (on the demo worlds
+    lambda = 1 without it gained about 4 points over ``ce``; with it, 15-20; see the README).
     """
 
     name = "scd"
@@ -200,6 +209,9 @@ class SCDLoss(DistillLoss):
     def __init__(self, weight: float = 1.0, temperature: float = 4.0, eps: float = 0.05,
                  max_iter: int = 200) -> None:
         super().__init__(weight, temperature)
+        if not MIN_TRAIN_EPS <= float(eps) <= 10.0:
+            # below this, each step's Sinkhorn needs thousands of (log-domain) iterations to converge
+            raise ScdError(f"scd eps must be in [{MIN_TRAIN_EPS}, 10] (relative to the cost range), got {eps}")
         self.eps, self.max_iter = float(eps), int(max_iter)
 
     def prepare(self, context: TeacherContext | None, device: torch.device) -> None:
@@ -213,7 +225,7 @@ class SCDLoss(DistillLoss):
     def teacher_term(self, batch: Batch) -> torch.Tensor:
         pt = F.softmax(batch.teacher_logits.float() / self.temperature, dim=1)
         ps = F.softmax(batch.student_logits.float() / self.temperature, dim=1)
-        return ot_divergence(pt, ps, self.cost, self.eps, self.max_iter).mean()
+        return ot_divergence(pt, ps, self.cost, self.eps, self.max_iter).mean() * self.temperature**2
 
 
 class TranslateLoss(DistillLoss):

@@ -182,3 +182,9 @@ def test_ranking_agreement_orients_scores_by_direction():
     assert good["weighted_tau"] == pytest.approx(1.0) and good["top1_relative_accuracy"] == 1.0
     bad = ranking_agreement(acc, acc, higher_is_better=False)
     assert bad["kendall_tau"] == pytest.approx(-1.0) and bad["top1_relative_accuracy"] == pytest.approx(0.2 / 0.9)
+
+
+def test_scd_loss_refuses_an_eps_too_small_to_converge_per_step():
+    with pytest.raises(ScdError, match="eps must be in"):
+        make_loss("scd", eps=1e-3)
+    assert make_loss("scd", eps=0.01).eps == 0.01

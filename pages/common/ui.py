@@ -230,7 +230,12 @@ def load_target_spec(spec: str):
         return _load_target_cached(spec, None, _stamp(world_dir(world, demo_size())))
     path = Path(spec)
     extract = str(session_dir(session_id(), "targets")) if path.suffix.lower() == ".zip" else None
-    return _load_target_cached(spec, extract, _stamp(path))
+    target = _load_target_cached(spec, extract, _stamp(path))
+    if target.items and not Path(target.items[0].path).exists():
+        # the workspace size limit evicted the extracted files: extract again rather than serve a stale set
+        _load_target_cached.clear()
+        target = _load_target_cached(spec, extract, _stamp(path))
+    return target
 
 
 def target_spec() -> str:
