@@ -57,6 +57,7 @@ class DistillConfig:
     weight: float = 1.0  # lambda of the teacher term
     temperature: float = 4.0
     eps: float = 0.05  # entropic regularisation of the scd loss, relative to a [0, 1] cost
+    cost: str = "prototype"  # teacher-to-target cost of the scd loss: prototype or conditional
     image_size: int | None = None  # default: from the data, 32..224
     flip: bool = False
     use_unlabeled: bool = True
@@ -159,7 +160,7 @@ def _slug(text: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def teacher_context(spec: TeacherSpec, target: TargetSet, device: str) -> TeacherContext:
+def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str = "prototype") -> TeacherContext:
     """Cost and plan of the teacher from its outputs on the labeled train images (never val/test)."""
     from .forward import teacher_outputs
     from .metrics import ScdMetric
@@ -169,7 +170,7 @@ def teacher_context(spec: TeacherSpec, target: TargetSet, device: str) -> Teache
     outputs = teacher_outputs(spec, target, train, device=device)
     return TeacherContext(
         teacher_labels=list(spec.label_names), target_labels=list(target.class_names),
-        cost=ScdMetric("prototype").cost_matrix(outputs), plan=plan_from_outputs(outputs, "plan").matrix,
+        cost=ScdMetric(cost).cost_matrix(outputs), plan=plan_from_outputs(outputs, "plan").matrix,
     )
 
 
@@ -216,7 +217,7 @@ def distill(
 
         if progress:
             progress({"phase": "preparing", "message": f"teacher {teacher.name} on {len(pool)} images"})
-        context = teacher_context(teacher, target, cfg.device)
+        context = teacher_context(teacher, target, cfg.device, cfg.cost)
         loss_fn.prepare(context, dev)
         t_logits, t_feats = teacher_predictions(teacher, pool, device=dev)
         teacher_logits = torch.from_numpy(t_logits.astype(np.float32)).to(dev)
@@ -233,7 +234,10 @@ def distill(
         opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=wd)
     else:
         raise ScdError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
-    steps_per_epoch = max(1, math.ceil(len(pool) / cfg.batch_size))
+    # One epoch is one pass over the target's labeled + unlabeled pool for every method, so that a
+    # teacher-free baseline gets as many optimizer steps as a run that also uses the unlabeled images.
+    budget_pool = len(labeled) + (len(target.split("unlabeled")) if cfg.use_unlabeled else 0)
+    steps_per_epoch = max(1, math.ceil(budget_pool / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
     warmup = max(1, total_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -188,3 +188,12 @@ def test_scd_loss_refuses_an_eps_too_small_to_converge_per_step():
     with pytest.raises(ScdError, match="eps must be in"):
         make_loss("scd", eps=1e-3)
     assert make_loss("scd", eps=0.01).eps == 0.01
+
+
+def test_every_method_gets_the_same_number_of_steps(setup, tmp_path):
+    """The budget counts the labeled + unlabeled pool for all methods: ce is not starved of steps."""
+    target, repo = setup
+    ce = distill(target, None, _config("ce", epochs=1), run_dir=tmp_path / "ce")
+    scd = distill(target, repo.get("other"), _config("scd", epochs=1), run_dir=tmp_path / "scd")
+    pool = len(target.split("train")) + len(target.split("unlabeled"))  # 15 + 12
+    assert ce.timing["steps"] == scd.timing["steps"] == -(-pool // 8)
