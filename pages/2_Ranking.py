@@ -14,8 +14,9 @@ from scd_core.metrics import DEFAULT_METRICS, METRICS
 st.title("Ranking")
 st.markdown(
     "Each teacher runs once over the labeled train and val images; every metric comes from that pass. "
-    "**scd** is the mean optimal-transport cost from the teacher's prediction to the label (lower is better); "
-    "LEEP, NCE, LogME and H-score are the usual baselines (higher is better)."
+    "**scd** asks whether the optimal-transport cost from the teacher's prediction to the true label is low "
+    "*compared with the cost to every other label* (a log-likelihood, higher is better; `scd_cost` is the plain "
+    "mean cost, lower is better); LEEP, NCE, LogME and H-score are the usual baselines (higher is better)."
 )
 
 target = ui.require_target()

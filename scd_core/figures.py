@@ -82,10 +82,16 @@ def ranking_bar(table: pd.DataFrame, metric: str) -> go.Figure:
     names = [str(n) for n in ordered.index]
     values = ordered[metric].astype(float).to_numpy()
     colours = [BEST_COLOUR if i == 0 else OTHER_COLOUR for i in range(len(names))]
+    # Bars start just beyond the worst value, so the longest bar is always the best teacher, whatever
+    # the metric's sign and direction (a log-likelihood near 0 would otherwise draw the shortest bar).
+    finite = values[np.isfinite(values)]
+    span = float(np.ptp(finite)) if finite.size else 0.0
+    pad = 0.05 * span if span > 0 else max(abs(float(finite[0])) * 0.05, 1e-12) if finite.size else 1.0
+    base = (float(finite.min()) - pad if higher else float(finite.max()) + pad) if finite.size else 0.0
     fig = go.Figure(go.Bar(
-        x=values.tolist(), y=names, orientation="h", marker_color=colours,
-        text=[f"{v:.4g}" for v in values], textposition="auto",
-        hovertemplate="teacher: %{y}<br>value: %{x:.5g}<extra></extra>",
+        x=(values - base).tolist(), base=base, y=names, orientation="h", marker_color=colours,
+        customdata=values.tolist(), text=[f"{v:.4g}" for v in values], textposition="auto",
+        hovertemplate="teacher: %{y}<br>value: %{customdata:.5g}<extra></extra>",
     ))
     arrow = "→ better" if higher else "← better"
     fig.update_layout(

@@ -47,6 +47,11 @@ def test_ranking_bar_puts_the_best_first_highlighted_with_direction():
     leep = _spec(ranking_bar(table, "leep"))
     assert leep["data"][0]["y"] == ["c", "a", "b"] and "higher is better" in leep["layout"]["title"]["text"]
     assert list(sort_ranking(table, "leep").index) == ["c", "a", "b"]
+    for spec, values in ((scd, [0.2, 0.3, 0.4]), (leep, [-0.5, -1.0, -2.0])):
+        bar = spec["data"][0]
+        lengths = [abs(x) for x in bar["x"]]
+        assert lengths == sorted(lengths, reverse=True)  # the best teacher has the longest bar
+        assert np.allclose(np.array(bar["x"]) + bar["base"], values) and bar["customdata"] == values
     with pytest.raises(ValueError):
         ranking_bar(table, "logme")
 
