@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["conditional_cost", "prototype_cost"]
+__all__ = ["conditional_cost", "prototype_cost", "rescale_unit"]
 
 
 def _as_float64(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
@@ -138,3 +138,16 @@ def conditional_cost(joint: np.ndarray, smoothing: float = 1e-3) -> np.ndarray:
         cond[empty] = 1.0 / k_s  # no evidence about this teacher class: uniform conditional
         cost = -np.log(cond) / np.log(k_s)  # log(0) -> +inf surprisal, clipped to 1 below
     return np.clip(cost, 0.0, 1.0)
+
+
+def rescale_unit(cost: np.ndarray) -> np.ndarray:
+    r"""Min-max rescaling :math:`\tilde C = (C - \min C) / (\max C - \min C)` to [0, 1] (zeros if C is constant).
+
+    The exact plan is unchanged by this affine map; it calibrates an entropic ``eps`` or a Gibbs
+    temperature to the cost's spread, whatever the cost construction.
+    """
+    c = np.asarray(cost, dtype=np.float64)
+    if c.size == 0:
+        return c.copy()
+    spread = float(c.max() - c.min())
+    return (c - c.min()) / spread if spread > 0 else np.zeros_like(c)

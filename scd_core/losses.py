@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .costs import rescale_unit
 from .errors import ScdError
 from .transport import sinkhorn
 
@@ -70,6 +71,7 @@ class DistillLoss(ABC):
     name: str = ""
     needs_teacher: bool = True
     needs_features: bool = False
+    needs_plan: bool = False  # the dataset transport plan in TeacherContext (an exact OT solve)
 
     def __init__(self, weight: float = 1.0, temperature: float = 4.0) -> None:
         self.weight = float(weight)
@@ -217,10 +219,7 @@ class SCDLoss(DistillLoss):
     def prepare(self, context: TeacherContext | None, device: torch.device) -> None:
         if context is None or context.cost is None:
             raise ScdError("method 'scd' needs the teacher-to-target cost matrix")
-        c = np.asarray(context.cost, dtype=np.float64)
-        spread = c.max() - c.min()
-        c = (c - c.min()) / spread if spread > 0 else np.zeros_like(c)
-        self.cost = torch.as_tensor(c, dtype=torch.float32, device=device)
+        self.cost = torch.as_tensor(rescale_unit(context.cost), dtype=torch.float32, device=device)
 
     def teacher_term(self, batch: Batch) -> torch.Tensor:
         pt = F.softmax(batch.teacher_logits.float() / self.temperature, dim=1)
@@ -232,6 +231,7 @@ class TranslateLoss(DistillLoss):
     """``translate``: KD against p_t^T R, R the row-normalised dataset plan (teacher -> target)."""
 
     name = "translate"
+    needs_plan = True
 
     def prepare(self, context: TeacherContext | None, device: torch.device) -> None:
         if context is None or context.plan is None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .costs import conditional_cost, prototype_cost
+from .costs import conditional_cost, prototype_cost, rescale_unit
 from .errors import ScdError
 from .outputs import TeacherOutputs
 
@@ -73,9 +73,7 @@ def scd_contrast_from_chunks(cost: np.ndarray, chunks: Iterable[tuple[np.ndarray
     """
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    c = np.asarray(cost, dtype=np.float64)
-    spread = float(c.max() - c.min()) if c.size else 0.0
-    c = (c - c.min()) / spread if spread > 0 else np.zeros_like(c)
+    c = rescale_unit(cost)
     total, count = 0.0, 0
     for probs, labels in chunks:
         labels = np.asarray(labels, dtype=np.int64)

@@ -160,18 +160,21 @@ def _slug(text: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str = "prototype") -> TeacherContext:
-    """Cost and plan of the teacher from its outputs on the labeled train images (never val/test)."""
+def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str = "prototype",
+                    with_plan: bool = False) -> TeacherContext:
+    """Cost (and, when asked, the exact dataset plan) of the teacher from its outputs on the labeled
+    train images (never val/test). The plan is an exact OT solve over K_t x K_s: only ``translate``
+    needs it, so it is not paid for by the other methods."""
     from .forward import teacher_outputs
     from .metrics import ScdMetric
-    from .plans import plan_from_outputs
+    from .transport import exact_plan
 
     train = [it for it in target.split("train") if it.label >= 0]
     outputs = teacher_outputs(spec, target, train, device=device)
-    return TeacherContext(
-        teacher_labels=list(spec.label_names), target_labels=list(target.class_names),
-        cost=ScdMetric(cost).cost_matrix(outputs), plan=plan_from_outputs(outputs, "plan").matrix,
-    )
+    c = ScdMetric(cost).cost_matrix(outputs)
+    plan = exact_plan(outputs.joint.sum(axis=1), outputs.joint.sum(axis=0), c) if with_plan else None
+    return TeacherContext(teacher_labels=list(spec.label_names), target_labels=list(target.class_names),
+                          cost=c, plan=plan)
 
 
 def distill(
@@ -217,7 +220,7 @@ def distill(
 
         if progress:
             progress({"phase": "preparing", "message": f"teacher {teacher.name} on {len(pool)} images"})
-        context = teacher_context(teacher, target, cfg.device, cfg.cost)
+        context = teacher_context(teacher, target, cfg.device, cfg.cost, with_plan=loss_fn.needs_plan)
         loss_fn.prepare(context, dev)
         t_logits, t_feats = teacher_predictions(teacher, pool, device=dev)
         teacher_logits = torch.from_numpy(t_logits.astype(np.float32)).to(dev)

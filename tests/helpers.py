@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -221,3 +222,12 @@ def write_teacher_config(folder: str | Path, config: Mapping, weights: bytes | N
     if weights is not None:
         (folder / "model.safetensors").write_bytes(weights)
     return folder
+
+
+def zip_bytes(files: Mapping[str, bytes]) -> bytes:
+    """An in-memory zip holding ``files`` (archive name -> content)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()

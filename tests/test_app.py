@@ -3,13 +3,11 @@ uploads (a real zip of PNG files, broken zips, teacher zips), background runs an
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import make_teacher, make_zip, write_image, write_image_folder
+from helpers import make_teacher, make_zip, write_image, write_image_folder, zip_bytes
 from streamlit.testing.v1 import AppTest
 
 from scd_core.demo import ensure_world
@@ -51,14 +49,6 @@ def headers(at: AppTest) -> list[str]:
 
 def plotly_specs(at: AppTest) -> list[str]:
     return [chart.proto.spec for chart in at.get("plotly_chart")]
-
-
-def zip_bytes(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 def upload_target(at: AppTest, name: str, data: bytes) -> AppTest:

@@ -7,7 +7,7 @@ import json
 import zipfile
 
 import pytest
-from helpers import make_teacher, make_zip, write_image_folder
+from helpers import make_teacher, make_zip, write_image_folder, zip_bytes
 
 from scd_core import ScdError, TargetSetError, TeacherError
 from scd_core.session import (
@@ -21,14 +21,6 @@ from scd_core.session import (
     session_dir,
     zip_folder,
 )
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def test_an_uploaded_teacher_is_validated_and_named_after_its_folder(sid, teache
         == session_dir(sid, "teachers") / spec.name
     with pytest.raises(TeacherError, match="already"):
         add_uploaded_teacher(sid, "whatever.zip", data)
-    flat = _zip({"config.json": (teacher_folder / "config.json").read_bytes(),
+    flat = zip_bytes({"config.json": (teacher_folder / "config.json").read_bytes(),
                  "model.safetensors": (teacher_folder / "model.safetensors").read_bytes()})
     assert add_uploaded_teacher(sid, "second one.zip", flat).name == "second_one"
 
@@ -87,7 +79,7 @@ def test_an_uploaded_teacher_is_validated_and_named_after_its_folder(sid, teache
 ])
 def test_teacher_uploads_are_refused_with_a_message(sid, files, message):
     with pytest.raises(TeacherError, match=message):
-        add_uploaded_teacher(sid, "bad.zip", _zip(files))
+        add_uploaded_teacher(sid, "bad.zip", zip_bytes(files))
     assert [p for p in session_dir(sid, "teachers").iterdir()] == []
 
 
@@ -95,7 +87,7 @@ def test_teacher_weights_that_do_not_fit_are_refused(sid, teacher_folder):
     config = json.loads((teacher_folder / "config.json").read_text())
     config["num_classes"] = 5
     config["label_names"] = ["a", "b", "c", "d", "e"]
-    data = _zip({"t/config.json": json.dumps(config).encode(),
+    data = zip_bytes({"t/config.json": json.dumps(config).encode(),
                  "t/model.safetensors": (teacher_folder / "model.safetensors").read_bytes()})
     with pytest.raises(TeacherError, match="do not fit"):
         add_uploaded_teacher(sid, "t.zip", data)
