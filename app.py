@@ -13,9 +13,9 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
-from scd_core.demo import WORLDS, world_description
-from scd_core.session import load_uploaded_target, server_paths_allowed
-from scd_core.targets import SPLITS, TargetSet
+from scd_core.data.targets import SPLITS, TargetSet
+from scd_core.demo.worlds import WORLDS, world_description
+from scd_core.runtime.session import load_uploaded_target, server_paths_allowed
 
 DEMO, UPLOAD, FOLDER = "Demo world", "Upload a .zip", "Server folder"
 

@@ -42,9 +42,9 @@ def bench_scale(quick: bool) -> dict:
     import timm
     import torch
 
-    from scd_core.assess import rank
-    from scd_core.targets import load_target
-    from scd_core.teachers import TeacherRepository, save_teacher
+    from scd_core.assess.ranking import rank
+    from scd_core.data.targets import load_target
+    from scd_core.teachers.repository import TeacherRepository, save_teacher
 
     n_classes_t = 21_843
     n_target_classes, per_class = (20, 50) if quick else (100, 200)
@@ -65,7 +65,7 @@ def bench_scale(quick: bool) -> dict:
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         del model
         # baseline: everything imported, target indexed, a copy of the model loaded once
-        from scd_core.teachers import load_teacher
+        from scd_core.teachers.repository import load_teacher
 
         warm_model = load_teacher(repo.specs[0])
         baseline = rss_bytes()
@@ -99,9 +99,9 @@ def bench_rerank(quick: bool) -> dict:
     import timm
     import torch
 
-    from scd_core.assess import rank
-    from scd_core.targets import load_target
-    from scd_core.teachers import TeacherRepository, save_teacher
+    from scd_core.assess.ranking import rank
+    from scd_core.data.targets import load_target
+    from scd_core.teachers.repository import TeacherRepository, save_teacher
 
     archs = ["resnet18", "efficientnet_b0", "convnext_atto", "mobilenetv3_large_100", "resnet34"]
     if quick:

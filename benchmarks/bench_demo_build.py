@@ -34,7 +34,7 @@ def _cpu_seconds() -> float:
 
 def bench(world: str, size: str) -> dict:
     """Build ``world`` at ``size`` into a temporary folder and measure it."""
-    from scd_core.demo import build_world
+    from scd_core.demo.worlds import build_world
 
     with tempfile.TemporaryDirectory(prefix="scd-demo-bench-") as tmp:
         load_before = os.getloadavg()[0]

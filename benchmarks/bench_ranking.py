@@ -33,9 +33,9 @@ SUBSET_SEEDS = (0, 1, 2, 3, 4)
 
 def tau_sweep(target, repo, accuracy: dict[str, float]) -> dict:
     """Agreement of the contrastive SCD score at each temperature, with both costs (cached outputs)."""
-    from scd_core.forward import teacher_outputs
-    from scd_core.metrics import ScdMetric
-    from scd_core.validate import ranking_agreement
+    from scd_core.assess.metrics import ScdMetric
+    from scd_core.assess.validate import ranking_agreement
+    from scd_core.outputs.forward import teacher_outputs
 
     names = list(accuracy)
     outputs = {n: teacher_outputs(repo.get(n), target, target.assessment_items) for n in names}
@@ -63,9 +63,9 @@ def ground_truth(path: str | None, world: str) -> dict | None:
 
 def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | None,
               reuse: str | None = None) -> dict:
-    from scd_core.assess import as_repository, as_target, rank
-    from scd_core.trainer import DistillConfig
-    from scd_core.validate import ranking_agreement, validate
+    from scd_core.assess.ranking import as_repository, as_target, rank
+    from scd_core.assess.validate import ranking_agreement, validate
+    from scd_core.distill.trainer import DistillConfig
 
     target_dir, teachers_dir = worlds.world_paths(name, size, root)
     target, repo = as_target(target_dir), as_repository(teachers_dir)

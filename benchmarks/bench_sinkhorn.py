@@ -1,4 +1,4 @@
-"""Benchmark: batched torch Sinkhorn (scd_core.transport.sinkhorn) against POT on the same problems.
+"""Benchmark: batched torch Sinkhorn (scd_core.ot.transport.sinkhorn) against POT on the same problems.
 
 Headline (issue 6): a batch of 256 problems of 1000 x 100 (K_t x K_s) sharing one random cost scaled
 to [0, 1], eps = 0.05, target "at least 20x faster than a loop of ot.sinkhorn2 at the same accuracy".
@@ -52,9 +52,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, LoadMonitor, machine, machine_line, save_markdown
 
-import scd_core.transport as transport
+import scd_core.ot.transport as transport
 from scd_core.device import describe_device, resolve_device
-from scd_core.transport import sinkhorn
+from scd_core.ot.transport import sinkhorn
 
 TOL = 1e-9
 REF_TOL = 1e-12

@@ -7,9 +7,9 @@ Steps, each timed and recorded even when another fails:
    ``--sinkhorn quick`` (about a minute, mostly the POT loops on the CPU).
 3. Builds the ``shapes`` demo zoo (``--size full`` by default: about 60 s on one CPU core; ``small``
    when time is short, but then an epoch is a single step).
-4. Assessment: ``scd_core.assess.rank`` of the zoo on cuda and on cpu, without the output cache
+4. Assessment: ``scd_core.assess.ranking.rank`` of the zoo on cuda and on cpu, without the output cache
    (one untimed cuda warm-up first), and whether both devices give the same ranking and scores.
-5. Distillation: one epoch of ``scd_core.trainer.distill`` (``DistillConfig(epochs=1)``, method
+5. Distillation: one epoch of ``scd_core.distill.trainer.distill`` (``DistillConfig(epochs=1)``, method
    ``scd`` from the best-ranked teacher) on cuda and on cpu.
 
 A step that would start after ``--budget`` seconds (default 270) is skipped and listed as such.
@@ -93,14 +93,14 @@ def run_pytest(dry: bool) -> dict:
 
 
 def build_zoo(size: str, work: Path) -> dict:
-    from scd_core.demo import build_world
+    from scd_core.demo.worlds import build_world
 
     world = build_world("shapes", work / "shapes", size=size, seed=0)
     return {"world": world.name, "size": size, "root": str(world.root), "teachers": list(world.teachers)}
 
 
 def _timed_rank(target, repo, device: str) -> tuple[float, object]:
-    from scd_core.assess import rank
+    from scd_core.assess.ranking import rank
 
     _sync(device)
     t0 = time.perf_counter()
@@ -119,9 +119,9 @@ def _sync(device: str) -> None:
 def assess(world_root: Path, gpu: str) -> dict:
     import numpy as np
 
-    from scd_core.demo import open_world
-    from scd_core.targets import load_target
-    from scd_core.teachers import TeacherRepository
+    from scd_core.data.targets import load_target
+    from scd_core.demo.worlds import open_world
+    from scd_core.teachers.repository import TeacherRepository
 
     world = open_world(world_root)
     target = load_target(world.target_dir)
@@ -144,10 +144,10 @@ def assess(world_root: Path, gpu: str) -> dict:
 
 
 def distill_epoch(world_root: Path, teacher: str, gpu: str, work: Path) -> dict:
-    from scd_core.demo import open_world
-    from scd_core.targets import load_target
-    from scd_core.teachers import TeacherRepository
-    from scd_core.trainer import DistillConfig, distill
+    from scd_core.data.targets import load_target
+    from scd_core.demo.worlds import open_world
+    from scd_core.distill.trainer import DistillConfig, distill
+    from scd_core.teachers.repository import TeacherRepository
 
     world = open_world(world_root)
     target = load_target(world.target_dir)

@@ -11,7 +11,7 @@ from common import LoadMonitor, machine, save, save_markdown
 
 def world_paths(name: str, size: str, root: str | None) -> tuple[Path, Path]:
     """Target and teacher folders of demo world ``name``: from ``root/<name>`` or the workspace cache."""
-    from scd_core.demo import ensure_world, open_world
+    from scd_core.demo.worlds import ensure_world, open_world
 
     world = open_world(Path(root) / name) if root else ensure_world(name, size=size)
     return Path(world.target_dir), Path(world.teachers_dir)

@@ -7,14 +7,14 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
-from scd_core.demo import WORLDS
-from scd_core.session import (
+from scd_core.demo.worlds import WORLDS
+from scd_core.runtime.session import (
     add_uploaded_teacher,
     hub_weights_cached,
     remove_uploaded_teacher,
     server_paths_allowed,
 )
-from scd_core.teachers import spec_from_hub
+from scd_core.teachers.repository import spec_from_hub
 
 st.title("Teachers")
 st.markdown(
@@ -121,7 +121,7 @@ if server_paths_allowed():
     with tab_objs[3]:
         folder = st.text_input("Teacher repository or teacher folder on the server", key="w_teacher_folder")
         if st.button("Add folder", key="w_teacher_folder_add") and folder.strip():
-            from scd_core.teachers import TeacherRepository
+            from scd_core.teachers.repository import TeacherRepository
 
             try:
                 TeacherRepository.from_folder(folder.strip())

@@ -7,9 +7,9 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
-from scd_core.assess import rank
-from scd_core.figures import direction_label, ranking_bar, sort_ranking
-from scd_core.metrics import DEFAULT_METRICS, METRICS
+from scd_core.assess.metrics import DEFAULT_METRICS, METRICS
+from scd_core.assess.ranking import rank
+from scd_core.viz.figures import direction_label, ranking_bar, sort_ranking
 
 st.title("Ranking")
 st.markdown(

@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
-from scd_core.figures import ROW_ORDERS, class_sources, image_flow, matrix_heatmap
+from scd_core.viz.figures import ROW_ORDERS, class_sources, image_flow, matrix_heatmap
 
 st.title("Transport plans")
 st.markdown(

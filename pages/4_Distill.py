@@ -12,11 +12,11 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
-from scd_core.figures import run_comparison, training_curves
-from scd_core.jobs import distill_job
-from scd_core.losses import METHODS
-from scd_core.session import session_dir, zip_folder
-from scd_core.trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.distill.losses import METHODS
+from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.runtime.jobs import distill_job
+from scd_core.runtime.session import session_dir, zip_folder
+from scd_core.viz.figures import run_comparison, training_curves
 
 STUDENTS = (DEFAULT_STUDENT, "resnet18", "mobilenetv3_small_100", "efficientnet_b0", "test_resnet",
             "test_efficientnet", "test_convnext")

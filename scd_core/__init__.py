@@ -1,5 +1,5 @@
 """scd_core: selective cross-task distillation engine (no UI code; never imports streamlit)."""
 
-from .errors import ScdError, TargetSetError, TeacherError
+from scd_core.errors import ScdError, TargetSetError, TeacherError
 
 __all__ = ["ScdError", "TargetSetError", "TeacherError"]

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from .errors import ScdError
+from scd_core.errors import ScdError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 

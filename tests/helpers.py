@@ -199,7 +199,7 @@ def make_teacher(folder: str | Path, num_classes: int, arch: str = "test_resnet"
     import timm
     import torch
 
-    from scd_core.teachers import save_teacher
+    from scd_core.teachers.repository import save_teacher
 
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **dict(model_args or {}))

@@ -10,9 +10,9 @@ import pytest
 from helpers import make_teacher, make_zip, write_image, write_image_folder, zip_bytes
 from streamlit.testing.v1 import AppTest
 
-from scd_core.demo import ensure_world
-from scd_core.jobs import default_manager
-from scd_core.workspace import workspace_dir
+from scd_core.demo.worlds import ensure_world
+from scd_core.runtime.jobs import default_manager
+from scd_core.runtime.workspace import workspace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120

@@ -1,4 +1,4 @@
-"""Tests of scd_core.archives: hostile zips are refused before anything lands at the destination."""
+"""Tests of scd_core.data.archives: hostile zips are refused before anything lands at the destination."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import make_image, make_zip, write_image, write_image_folder
 
-from scd_core.archives import ArchiveLimits, safe_extract_zip, single_top_folder
+from scd_core.data.archives import ArchiveLimits, safe_extract_zip, single_top_folder
 from scd_core.errors import ScdError, TargetSetError
 
 

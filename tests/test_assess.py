@@ -9,13 +9,13 @@ import torch
 from helpers import make_teacher, write_image_folder
 
 from scd_core import ScdError
-from scd_core.assess import rank, ranking_json, stratified_prefix
-from scd_core.forward import eval_transform, teacher_outputs
-from scd_core.images import load_rgb
-from scd_core.outputs import TeacherOutputs
-from scd_core.plans import plan_from_outputs, transport_plan
-from scd_core.targets import load_target
-from scd_core.teachers import TeacherRepository, load_teacher
+from scd_core.assess.ranking import rank, ranking_json, stratified_prefix
+from scd_core.data.images import load_rgb
+from scd_core.data.targets import load_target
+from scd_core.ot.plans import plan_from_outputs, transport_plan
+from scd_core.outputs.forward import eval_transform, teacher_outputs
+from scd_core.outputs.streaming import TeacherOutputs
+from scd_core.teachers.repository import TeacherRepository, load_teacher
 
 CLASSES = {"red": 6, "green": 6, "blue": 6, "white": 6}
 
@@ -165,7 +165,7 @@ def test_transport_plan_kinds_and_marginals(world, tmp_path):
 
 
 def test_cache_evicts_least_recently_used_entries(world, fresh_cache, monkeypatch):
-    from scd_core import cache
+    from scd_core.outputs import cache
 
     target, repo = world
     first = teacher_outputs(repo.get("teacher_3"), target, device="cpu")

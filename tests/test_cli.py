@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from helpers import make_teacher, write_image_folder
 
-from scd_core.cli import main
+from scd_core.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

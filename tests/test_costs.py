@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scd_core.costs import conditional_cost, prototype_cost
+from scd_core.ot.costs import conditional_cost, prototype_cost
 
 
 def test_prototype_cost_hand_worked():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scd_core import demo
-from scd_core.demo import WORLDS, DemoWorld, build_world, ensure_world, open_world, world_description
+from scd_core.demo import worlds as demo
+from scd_core.demo.worlds import WORLDS, DemoWorld, build_world, ensure_world, open_world, world_description
 from scd_core.errors import ScdError
-from scd_core.teachers import TeacherRepository, load_teacher, spec_from_folder, teacher_transform
+from scd_core.teachers.repository import TeacherRepository, load_teacher, spec_from_folder, teacher_transform
 
 SPLITS = ("train", "val", "test")
 
@@ -70,7 +70,7 @@ def test_layout_is_an_image_folder_of_pngs(world: DemoWorld):
 
 
 def test_target_goes_through_the_upload_loader(world: DemoWorld):
-    from scd_core.targets import load_target
+    from scd_core.data.targets import load_target
 
     ts = load_target(world.target_dir)
     assert sorted(ts.class_names) == sorted(world.class_names)

@@ -14,11 +14,11 @@ import torch
 from helpers import make_teacher, write_image_folder
 
 from scd_core import ScdError
-from scd_core.losses import METHODS, Batch, TeacherContext, make_loss, ot_divergence
-from scd_core.targets import load_target
-from scd_core.teachers import TeacherRepository, load_teacher, spec_from_folder
-from scd_core.trainer import DistillConfig, distill
-from scd_core.validate import ranking_agreement, validate
+from scd_core.assess.validate import ranking_agreement, validate
+from scd_core.data.targets import load_target
+from scd_core.distill.losses import METHODS, Batch, TeacherContext, make_loss, ot_divergence
+from scd_core.distill.trainer import DistillConfig, distill
+from scd_core.teachers.repository import TeacherRepository, load_teacher, spec_from_folder
 
 CLASSES = {"red": 8, "green": 8, "blue": 8}
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scd_core.figures import (
+from scd_core.ot.plans import LabeledMatrix
+from scd_core.viz.figures import (
     class_sources,
     image_flow,
     image_top5,
@@ -21,7 +22,6 @@ from scd_core.figures import (
     training_curves,
     unique_labels,
 )
-from scd_core.plans import LabeledMatrix
 
 TARGET = ["cat", "dog", "owl"]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import make_teacher, write_image_folder
 
-from scd_core.losses import ot_divergence
-from scd_core.transport import sinkhorn
+from scd_core.distill.losses import ot_divergence
+from scd_core.ot.transport import sinkhorn
 
 pytestmark = pytest.mark.gpu
 
@@ -60,8 +60,8 @@ def test_ot_loss_gradient_on_cuda_matches_cpu():
 
 @pytest.fixture(scope="module")
 def small_task(tmp_path_factory):
-    from scd_core.targets import load_target
-    from scd_core.teachers import TeacherRepository
+    from scd_core.data.targets import load_target
+    from scd_core.teachers.repository import TeacherRepository
 
     root = tmp_path_factory.mktemp("gpu")
     classes = {"red": 6, "green": 6, "blue": 6}
@@ -74,7 +74,7 @@ def small_task(tmp_path_factory):
 
 
 def test_rank_on_cuda_matches_cpu(small_task):
-    from scd_core.assess import rank
+    from scd_core.assess.ranking import rank
 
     target, repo = small_task
     cpu = rank(target, repo, metrics=["scd", "leep", "nce"], device="cpu", use_cache=False)
@@ -86,7 +86,7 @@ def test_rank_on_cuda_matches_cpu(small_task):
 
 
 def test_distill_one_epoch_on_cuda(small_task, tmp_path):
-    from scd_core.trainer import DistillConfig, distill
+    from scd_core.distill.trainer import DistillConfig, distill
 
     target, repo = small_task
     cfg = DistillConfig(method="scd", student="test_resnet", epochs=1, batch_size=8, device="cuda", lr=0.05)

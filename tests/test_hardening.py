@@ -80,17 +80,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scd_core import cache, workspace
-from scd_core.costs import conditional_cost, prototype_cost
+from scd_core.data.images import load_rgb
+from scd_core.data.targets import load_target
+from scd_core.distill.losses import ot_divergence
 from scd_core.errors import TargetSetError, TeacherError
-from scd_core.images import load_rgb
-from scd_core.jobs import CANCELLED, FINISHED, JobManager, distill_job
-from scd_core.losses import ot_divergence
-from scd_core.outputs import TeacherOutputs
-from scd_core.session import add_uploaded_teacher, load_uploaded_target, new_session_id, remove_session, session_dir
-from scd_core.targets import load_target
-from scd_core.teachers import TeacherRepository, load_teacher, spec_from_folder
-from scd_core.transport import exact_cost, exact_plan, sinkhorn
+from scd_core.ot.costs import conditional_cost, prototype_cost
+from scd_core.ot.transport import exact_cost, exact_plan, sinkhorn
+from scd_core.outputs import cache
+from scd_core.outputs.streaming import TeacherOutputs
+from scd_core.runtime import workspace
+from scd_core.runtime.jobs import CANCELLED, FINISHED, JobManager, distill_job
+from scd_core.runtime.session import (
+    add_uploaded_teacher,
+    load_uploaded_target,
+    new_session_id,
+    remove_session,
+    session_dir,
+)
+from scd_core.teachers.repository import TeacherRepository, load_teacher, spec_from_folder
 
 ESCAPE = f"scd-escape-{uuid.uuid4().hex[:12]}"  # the name a hostile entry tries to write outside
 TARGET_UPLOAD = "hostile.zip"
@@ -835,7 +842,7 @@ def test_hostile_cache_entry(name, corrupt, fresh_cache):
 
 
 def test_a_corrupted_cache_entry_is_recomputed_by_the_forward_pass(teacher_dir, fresh_cache, tmp_path):
-    from scd_core.forward import teacher_outputs
+    from scd_core.outputs.forward import teacher_outputs
 
     target = load_target(write_image_folder(tmp_path / "ds", {"a": 3, "b": 3}, size=16))
     spec = spec_from_folder(teacher_dir)
@@ -1136,8 +1143,8 @@ def test_two_sessions_uploading_the_same_zip_at_once_do_not_share(ws):
 
 
 def test_two_sessions_ranking_and_distilling_at_once(teacher_dir, ws, tmp_path):
-    from scd_core.assess import rank
-    from scd_core.trainer import DistillConfig
+    from scd_core.assess.ranking import rank
+    from scd_core.distill.trainer import DistillConfig
 
     manager = JobManager(max_workers=2, grace_s=0.0, reap_interval_s=3600)
     alice, bob = new_session_id(), new_session_id()
@@ -1204,7 +1211,7 @@ def test_cancelling_a_job_drops_its_references():
 def test_cancelling_a_real_run_frees_its_models(teacher_dir, tmp_path, monkeypatch):
     import timm
 
-    from scd_core.trainer import DistillConfig
+    from scd_core.distill.trainer import DistillConfig
 
     created: list[weakref.ref] = []
     original = timm.create_model
@@ -1288,7 +1295,7 @@ def test_workspace_limit_applies_to_uploads(ws, monkeypatch):
 
 
 def test_a_running_distillation_holds_its_files(monkeypatch, tmp_path, ws):
-    from scd_core import trainer
+    from scd_core.distill import trainer
 
     seen = {}
 

@@ -9,10 +9,10 @@ import pytest
 from helpers import make_teacher, write_image_folder
 
 from scd_core import ScdError
-from scd_core.jobs import CANCELLED, FAILED, FINISHED, JobManager, distill_job
-from scd_core.targets import load_target
-from scd_core.teachers import spec_from_folder
-from scd_core.trainer import DistillConfig
+from scd_core.data.targets import load_target
+from scd_core.distill.trainer import DistillConfig
+from scd_core.runtime.jobs import CANCELLED, FAILED, FINISHED, JobManager, distill_job
+from scd_core.teachers.repository import spec_from_folder
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of scd_core.metrics: hand-worked cases, reference transcriptions and directions."""
+"""Tests of scd_core.assess.metrics: hand-worked cases, reference transcriptions and directions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 
-from scd_core.costs import conditional_cost, prototype_cost
-from scd_core.errors import ScdError
-from scd_core.metrics import (
+from scd_core.assess.metrics import (
     DEFAULT_METRICS,
     METRICS,
     LeepMetric,
@@ -31,7 +29,9 @@ from scd_core.metrics import (
     scd_from_joint,
     score_all,
 )
-from scd_core.outputs import TeacherOutputs, softmax_np
+from scd_core.errors import ScdError
+from scd_core.ot.costs import conditional_cost, prototype_cost
+from scd_core.outputs.streaming import TeacherOutputs, softmax_np
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers

@@ -10,7 +10,7 @@ import pytest
 from helpers import make_teacher, make_zip, write_image_folder, zip_bytes
 
 from scd_core import ScdError, TargetSetError, TeacherError
-from scd_core.session import (
+from scd_core.runtime.session import (
     TeacherSources,
     add_uploaded_teacher,
     check_session_id,

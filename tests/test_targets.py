@@ -1,4 +1,4 @@
-"""Tests of scd_core.targets and scd_core.images on real files: layouts, formats, splits, errors."""
+"""Tests of scd_core.data.targets and scd_core.data.images on real files: layouts, formats, splits, errors."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from helpers import (
 )
 from PIL import Image
 
-import scd_core.images
+import scd_core.data.images
+from scd_core.data.images import check_image_bytes, load_rgb
+from scd_core.data.targets import UNLABELED_INDEX, TargetImageDataset, load_target
 from scd_core.errors import TargetSetError
-from scd_core.images import check_image_bytes, load_rgb
-from scd_core.targets import UNLABELED_INDEX, TargetImageDataset, load_target
-from scd_core.teachers import load_teacher, spec_from_folder, teacher_transform
-from scd_core.workspace import workspace_dir
+from scd_core.runtime.workspace import workspace_dir
+from scd_core.teachers.repository import load_teacher, spec_from_folder, teacher_transform
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -548,7 +548,7 @@ def test_error_nonexistent_path(tmp_path):
 def test_error_image_over_pixel_limit(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "ds", {"a": 2, "b": 2}, size=16)
     write_image(root / "b" / "huge.png", size=(40, 30))
-    monkeypatch.setattr(scd_core.images, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(scd_core.data.images, "MAX_IMAGE_PIXELS", 1000)
     _refused(root, r"b/huge\.png: image of 40x30 pixels exceeds the limit of 1000 pixels")
     with pytest.raises(TargetSetError, match="exceeds the limit"):
         load_rgb(root / "b" / "huge.png")

@@ -1,4 +1,4 @@
-"""Tests of scd_core.teachers: the HF-hub/timm folder layout, label names, repositories, safe weights."""
+"""Tests of scd_core.teachers.repository: the HF-hub/timm folder layout, label names, repositories, safe weights."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers import make_teacher, write_teacher_config
 from timm.data import ImageNetInfo
 
 from scd_core.errors import TeacherError
-from scd_core.teachers import (
+from scd_core.teachers.repository import (
     TeacherRepository,
     linear_head,
     load_state_dict_safely,

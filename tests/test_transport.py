@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scd_core.transport import SinkhornResult, entropic_plan, exact_cost, exact_plan, sinkhorn
+from scd_core.ot.transport import SinkhornResult, entropic_plan, exact_cost, exact_plan, sinkhorn
 
 
 def _problem(seed: int, batch: int = 4, k_t: int = 20, k_s: int = 7, alpha: float = 1.0):

@@ -5,7 +5,7 @@ State kept in ``st.session_state`` (plain data, per browser session):
 
 - ``scd_session``: the session id naming ``<workspace>/sessions/<id>/`` and the session's jobs;
 - ``target_spec`` / ``target_label``: the current target set (``demo:WORLD``, an uploaded zip, a folder);
-- ``teacher_sources``: a :class:`scd_core.session.TeacherSources`;
+- ``teacher_sources``: a :class:`scd_core.runtime.session.TeacherSources`;
 - ``rankings``: computed rankings by settings key; ``best_teacher``: the top of the last ranking.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 import streamlit as st
 
 from scd_core import ScdError
-from scd_core.jobs import ACTIVE_STATES, SHARED_SESSION, JobManager, default_manager, demo_build_job
-from scd_core.session import (
+from scd_core.runtime.jobs import ACTIVE_STATES, SHARED_SESSION, JobManager, default_manager, demo_build_job
+from scd_core.runtime.session import (
     TeacherSources,
     collect_teachers,
     configured_teacher_folders,
@@ -156,14 +156,14 @@ def demo_size() -> str:
 
 
 def default_world() -> str:
-    from scd_core.demo import WORLDS
+    from scd_core.demo.worlds import WORLDS
 
     wanted = os.environ.get("SCD_DEMO_WORLD", "")
     return wanted if wanted in WORLDS else WORLDS[0]
 
 
 def demo_world_ready(world: str) -> bool:
-    from scd_core.demo import MANIFEST_NAME, world_dir
+    from scd_core.demo.worlds import MANIFEST_NAME, world_dir
 
     return (world_dir(world, demo_size()) / MANIFEST_NAME).is_file()
 
@@ -215,7 +215,7 @@ def _stamp(path: Path) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _load_target_cached(spec: str, extract_dir: str | None, stamp: str):
-    from scd_core.targets import load_target
+    from scd_core.data.targets import load_target
 
     return load_target(spec, extract_dir=Path(extract_dir) if extract_dir else None)
 
@@ -225,7 +225,7 @@ def load_target_spec(spec: str):
     if spec.startswith("demo:"):
         world = spec[len("demo:"):]
         ensure_demo(world)
-        from scd_core.demo import world_dir
+        from scd_core.demo.worlds import world_dir
 
         return _load_target_cached(spec, None, _stamp(world_dir(world, demo_size())))
     path = Path(spec)
@@ -289,7 +289,7 @@ def _collect_cached(sources: TeacherSources, stamps: tuple):
 
 
 def collected_teachers():
-    """The session's teachers (:class:`scd_core.session.CollectedTeachers`), cached per sources."""
+    """The session's teachers (:class:`scd_core.runtime.session.CollectedTeachers`), cached per sources."""
     sources = teacher_sources()
     if sources.demo:
         ensure_demo(sources.demo)
@@ -327,7 +327,7 @@ def _outputs_store() -> dict:
 
 def teacher_outputs(spec, target):
     """Outputs of one teacher on the target's assessment images (engine disk cache + this process)."""
-    from scd_core.forward import teacher_outputs as compute
+    from scd_core.outputs.forward import teacher_outputs as compute
 
     key = (target.fingerprint, spec.fingerprint)
     store = _outputs_store()
@@ -362,7 +362,7 @@ def progress_callback(bar) -> Callable[[float, str], None]:
 @st.cache_data(show_spinner=False, max_entries=128)
 def plan_matrix(target_fp: str, teacher_fp: str, kind: str, cost: str, eps: float | None, _outputs: Any):
     """A plan, joint or cost matrix of one teacher (cached per fingerprints and options)."""
-    from scd_core.plans import plan_from_outputs
+    from scd_core.ot.plans import plan_from_outputs
 
     return plan_from_outputs(_outputs, kind, cost=cost, eps=eps)
 

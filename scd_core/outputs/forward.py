@@ -2,7 +2,7 @@
 
 The pass streams: logits go batch by batch to an on-disk float16 array in the cache entry being
 built, the joints and class feature sums accumulate on the device, and only the pre-logit features
-(N x d) and top-5 classes are kept per image. Results are cached (see :mod:`scd_core.cache`).
+(N x d) and top-5 classes are kept per image. Results are cached (see :mod:`scd_core.outputs.cache`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import cache
-from .device import autocast, resolve_device
-from .errors import TeacherError
-from .fingerprint import json_sha256
-from .outputs import StatsAccumulator, TeacherOutputs
-from .targets import TargetImageDataset, TargetItem, TargetSet
-from .teachers import TeacherSpec, linear_head, load_teacher
+from scd_core.data.targets import TargetImageDataset, TargetItem, TargetSet
+from scd_core.device import autocast, resolve_device
+from scd_core.errors import TeacherError
+from scd_core.fingerprint import json_sha256
+from scd_core.outputs import cache
+from scd_core.outputs.streaming import StatsAccumulator, TeacherOutputs
+from scd_core.teachers.repository import TeacherSpec, linear_head, load_teacher
 
 Progress = Callable[[float, str], None]
 
@@ -83,7 +83,7 @@ def teacher_predictions(spec: TeacherSpec, items: Sequence[TargetItem], *, devic
     Cached on disk by teacher, image bytes and transform, like :func:`teacher_outputs`.
     """
     transform, transform_fp = eval_transform(spec)
-    from .fingerprint import combine
+    from scd_core.fingerprint import combine
 
     key = "pred-" + combine(cache.CACHE_VERSION, spec.fingerprint, transform_fp, *(it.sha256 for it in items))[:36]
     path = cache.entry_dir(key)

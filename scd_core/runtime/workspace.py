@@ -4,7 +4,7 @@
 Nothing is ever written outside these two folders.
 
 **Size limit.** The workspace holds at most ``SCD_WORKSPACE_MAX_BYTES`` (default 50 GiB; the output
-cache has its own limit, see :mod:`scd_core.cache`). :func:`enforce_limit` runs after every upload,
+cache has its own limit, see :mod:`scd_core.outputs.cache`). :func:`enforce_limit` runs after every upload,
 extraction and distillation run and deletes the oldest *evictable* entries (by their newest
 modification time) until the workspace fits:
 

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .archives import ArchiveLimits, safe_extract_zip, single_top_folder
-from .errors import TargetSetError
-from .fingerprint import bytes_sha256, combine
-from .images import check_image_bytes, is_image_name, load_rgb
+from scd_core.data.archives import ArchiveLimits, safe_extract_zip, single_top_folder
+from scd_core.data.images import check_image_bytes, is_image_name, load_rgb
+from scd_core.errors import TargetSetError
+from scd_core.fingerprint import bytes_sha256, combine
 
 SPLITS = ("train", "val", "test")
 UNLABELED = "unlabeled"
@@ -335,8 +335,8 @@ def _is_data_folder(folder: Path) -> bool:
 def extraction_dir(archive: Path, extract_dir: Path | None = None) -> Path:
     """Where :func:`load_target` extracts ``archive``: ``<extract_dir>/<content hash>`` (default
     ``<workspace>/uploads/targets``), so the same bytes are extracted once."""
-    from .fingerprint import file_sha256
-    from .workspace import subdir
+    from scd_core.fingerprint import file_sha256
+    from scd_core.runtime.workspace import subdir
 
     return (extract_dir or subdir("uploads", "targets")) / file_sha256(archive)[:16]
 
@@ -345,12 +345,12 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
                 extract_dir: Path | None = None, limits: ArchiveLimits | None = None) -> TargetSet:
     """Load and validate a target set from a folder, a .zip, a CSV or ``demo:WORLD``.
 
-    A zip is extracted safely (:func:`scd_core.archives.safe_extract_zip`, within ``limits``) into
+    A zip is extracted safely (:func:`scd_core.data.archives.safe_extract_zip`, within ``limits``) into
     :func:`extraction_dir`; when the content is refused, the extraction is removed again.
     """
     text = str(spec)
     if text.startswith("demo:"):
-        from .demo import ensure_world
+        from scd_core.demo.worlds import ensure_world
 
         world = ensure_world(text[len("demo:"):])
         ts = load_target(world.target_dir, val_fraction=val_fraction, seed=seed)
@@ -360,7 +360,7 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
     if not path.exists():
         raise TargetSetError(f"{text}: no such file or folder")
     if path.is_file() and path.suffix.lower() == ".zip":
-        from . import workspace
+        from scd_core.runtime import workspace
 
         dest = extraction_dir(path, extract_dir)
         created = not dest.exists()

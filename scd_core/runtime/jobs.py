@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ScdError
+from scd_core.errors import ScdError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -333,11 +333,11 @@ def _status_of(result: Any) -> str | None:
 
 
 def distill_job(target, teacher, config, run_dir: str | Path | None = None) -> JobFn:
-    """A job function running :func:`scd_core.trainer.distill`; its result is the run's JSON record."""
+    """A job function running :func:`scd_core.distill.trainer.distill`; its result is the run's JSON record."""
 
     def run(report: Report, cancel: threading.Event) -> dict:
-        from . import workspace
-        from .trainer import distill
+        from scd_core.distill.trainer import distill
+        from scd_core.runtime import workspace
 
         # The target set, the teacher folder and the run folder are in use: the workspace size limit
         # never evicts them while the run goes on.
@@ -354,7 +354,7 @@ def demo_build_job(world: str, size: str | None = None) -> JobFn:
     """A job function building (or opening) demo world ``world``; its result is the world's root folder."""
 
     def run(report: Report, cancel: threading.Event) -> str:
-        from .demo import ensure_world
+        from scd_core.demo.worlds import ensure_world
 
         w = ensure_world(world, size=size, progress=lambda f, m: report({"fraction": f, "message": m}))
         return str(w.root)

@@ -1,6 +1,6 @@
 """Plotly figure builders for the app (and notebooks): rankings, label-space matrices, runs, drill-downs.
 
-Every builder takes plain engine objects (a ranking DataFrame, a :class:`~scd_core.plans.LabeledMatrix`,
+Every builder takes plain engine objects (a ranking DataFrame, a :class:`~scd_core.ot.plans.LabeledMatrix`,
 run histories, per-image top classes) and returns a ``plotly.graph_objects.Figure`` whose JSON carries
 the class names, so the pages only lay figures out. Nothing here imports streamlit.
 
@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .plans import LabeledMatrix
+from scd_core.ot.plans import LabeledMatrix
 
 ROW_ORDERS = ("blocks", "mass", "original")
 BEST_COLOUR = "#d62728"

@@ -1,11 +1,11 @@
-"""The ``distill`` and ``validate`` commands of the CLI (see :mod:`scd_core.cli`)."""
+"""The ``distill`` and ``validate`` commands of the CLI (see :mod:`scd_core.cli.main`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from .losses import METHODS
-from .trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.distill.losses import METHODS
+from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
 
 
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
@@ -15,8 +15,8 @@ def _config(args: argparse.Namespace, method: str) -> DistillConfig:
 
 
 def cmd_distill(args: argparse.Namespace, bar) -> dict:
-    from .assess import as_repository, as_target
-    from .trainer import distill
+    from scd_core.assess.ranking import as_repository, as_target
+    from scd_core.distill.trainer import distill
 
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
@@ -33,7 +33,7 @@ def cmd_distill(args: argparse.Namespace, bar) -> dict:
 
 
 def cmd_validate(args: argparse.Namespace, bar) -> dict:
-    from .validate import validate
+    from scd_core.assess.validate import validate
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     done = {"n": 0}

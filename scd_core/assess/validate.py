@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .assess import as_repository, as_target, rank
-from .targets import TargetSet
-from .teachers import TeacherRepository
-from .trainer import DistillConfig, distill
+from scd_core.assess.ranking import as_repository, as_target, rank
+from scd_core.data.targets import TargetSet
+from scd_core.distill.trainer import DistillConfig, distill
+from scd_core.teachers.repository import TeacherRepository
 
 
 def ranking_agreement(scores: np.ndarray, accuracy: np.ndarray, higher_is_better: bool) -> dict[str, float | None]:

@@ -3,7 +3,7 @@
 Both costs take numpy arrays or torch tensors of any floating dtype (float16 and bfloat16 included),
 compute in ``float64`` and return numpy ``float64`` arrays with values in :math:`[0, 1]`, so that an
 entropic regularisation ``eps`` can be chosen relative to a known cost scale (see
-:mod:`scd_core.transport`).
+:mod:`scd_core.ot.transport`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Teacher-assessment metrics behind one interface: ``Metric.score(outputs) -> float``.
 
-Every metric reads a :class:`~scd_core.outputs.TeacherOutputs` (one teacher on one labeled target
+Every metric reads a :class:`~scd_core.outputs.streaming.TeacherOutputs` (one teacher on one labeled target
 set of N images, K_s target classes, K_t teacher classes, features of dimension d) and returns one
 number. ``higher_is_better`` gives the direction; :data:`METRICS` is the registry used by the CLI and
 the app (``scd``, ``scd_cost``, ``scd_conditional``, ``leep``, ``nce``, ``logme``, ``hscore``).
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .costs import conditional_cost, prototype_cost, rescale_unit
-from .errors import ScdError
-from .outputs import TeacherOutputs
+from scd_core.errors import ScdError
+from scd_core.ot.costs import conditional_cost, prototype_cost, rescale_unit
+from scd_core.outputs.streaming import TeacherOutputs
 
 _CHUNK_ROWS = 8192
 _CHUNK_COLS = 2048
@@ -412,7 +412,7 @@ class ScdMetric(Metric):
     ``form="cost"`` (``scd_cost``, lower is better): the SPEC's starting point, the mean OT cost from
     each prediction to its label, <J, C> (:func:`scd_from_joint`), from the joint alone.
 
-    ``cost="prototype"``: C from :func:`scd_core.costs.prototype_cost` (cosine between head rows and
+    ``cost="prototype"``: C from :func:`scd_core.ot.costs.prototype_cost` (cosine between head rows and
     centred target class means), falling back to the conditional cost when the teacher's head is
     not linear (``head_weight is None``); ``cost="conditional"``: C_ij = clip(-log P(j | i) / log K_s).
     Why the default is the contrastive prototype form: benchmarks/results/ranking.md and the README.

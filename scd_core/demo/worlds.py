@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ScdError
+from scd_core.errors import ScdError
 
 WORLDS: tuple[str, ...] = ("shapes", "digits")
 SIZES: tuple[str, ...] = ("full", "small")
@@ -711,7 +711,7 @@ def _data_config(image: int) -> dict[str, Any]:
 def _build_into(name: str, size: str, root: Path, seed: int, progress: ProgressFn) -> dict[str, Any]:
     import torch
 
-    from .teachers import save_teacher
+    from scd_core.teachers.repository import save_teacher
 
     started = time.perf_counter()
     cfg = _CONFIGS[(name, size)]
@@ -860,7 +860,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def world_dir(name: str, size: str | None = None) -> Path:
     """Where :func:`ensure_world` keeps world ``name`` of ``size`` in the workspace."""
-    from .workspace import subdir
+    from scd_core.runtime.workspace import subdir
 
     size = _check_size(size or os.environ.get("SCD_DEMO_SIZE", "full"))
     return subdir("demo") / f"{_check_name(name)}-{size}-v{VERSION}"

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import ScdError
+from scd_core.errors import ScdError
 
 EXIT_USER_ERROR = 2
 
@@ -54,7 +54,7 @@ def _metric_list(text: str) -> list[str]:
 
 
 def cmd_rank(args: argparse.Namespace, bar: _Bar) -> dict:
-    from .assess import rank, ranking_json
+    from scd_core.assess.ranking import rank, ranking_json
 
     table = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
                  budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar)
@@ -64,7 +64,7 @@ def cmd_rank(args: argparse.Namespace, bar: _Bar) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace, bar: _Bar) -> dict:
-    from .plans import transport_plan
+    from scd_core.ot.plans import transport_plan
 
     matrix = transport_plan(args.target, args.repo, args.teacher, args.kind, cost=args.cost, eps=args.eps,
                             device=args.device, batch_size=args.batch_size, progress=bar)
@@ -74,7 +74,7 @@ def cmd_plan(args: argparse.Namespace, bar: _Bar) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace, bar: _Bar) -> dict:
-    from .demo import WORLDS, build_world, ensure_world
+    from scd_core.demo.worlds import WORLDS, build_world, ensure_world
 
     worlds = [args.world] if args.world else list(WORLDS)
     built = []
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_distill_commands(sub) -> None:
     """``distill`` and ``validate`` (available once the distillation engine is installed)."""
     try:
-        from .distill_cli import add_commands
+        from scd_core.cli.distill import add_commands
     except ImportError:
         return
     add_commands(sub, _common)

@@ -1,10 +1,10 @@
 """Short distillation runs: a small timm student trained from scratch on the target set.
 
-The teacher's signal reaches the student through one of the losses of :mod:`scd_core.losses`, on the
+The teacher's signal reaches the student through one of the losses of :mod:`scd_core.distill.losses`, on the
 labeled ``train`` images and, when the target set has one, on the ``unlabeled`` pool. Images are
 decoded once into a uint8 tensor at the student's resolution; augmentation (random translation and
 scale, optional flips) runs batched on the device with one ``grid_sample`` call. Teacher outputs are
-computed once per image on its eval view and cached (:func:`scd_core.forward.teacher_predictions`),
+computed once per image on its eval view and cached (:func:`scd_core.outputs.forward.teacher_predictions`),
 so a step costs one student forward/backward plus the loss.
 
 Every run records its config, history and final metrics in ``<workspace>/runs/<run_id>/run.json`` and
@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .device import autocast, describe_device, resolve_device
-from .errors import ScdError
-from .images import load_rgb
-from .losses import Batch, TeacherContext, make_loss
-from .targets import TargetItem, TargetSet
-from .teachers import TeacherSpec, save_teacher
-from .workspace import subdir
+from scd_core.data.images import load_rgb
+from scd_core.data.targets import TargetItem, TargetSet
+from scd_core.device import autocast, describe_device, resolve_device
+from scd_core.distill.losses import Batch, TeacherContext, make_loss
+from scd_core.errors import ScdError
+from scd_core.runtime.workspace import subdir
+from scd_core.teachers.repository import TeacherSpec, save_teacher
 
 DEFAULT_STUDENT = "resnet10t"
 STUDENT_MEAN = (0.5, 0.5, 0.5)
@@ -165,9 +165,9 @@ def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str
     """Cost (and, when asked, the exact dataset plan) of the teacher from its outputs on the labeled
     train images (never val/test). The plan is an exact OT solve over K_t x K_s: only ``translate``
     needs it, so it is not paid for by the other methods."""
-    from .forward import teacher_outputs
-    from .metrics import ScdMetric
-    from .transport import exact_plan
+    from scd_core.assess.metrics import ScdMetric
+    from scd_core.ot.transport import exact_plan
+    from scd_core.outputs.forward import teacher_outputs
 
     train = [it for it in target.split("train") if it.label >= 0]
     outputs = teacher_outputs(spec, target, train, device=device)
@@ -216,7 +216,7 @@ def distill(
 
     teacher_logits = teacher_feats = None
     if loss_fn.needs_teacher:
-        from .forward import teacher_predictions
+        from scd_core.outputs.forward import teacher_predictions
 
         if progress:
             progress({"phase": "preparing", "message": f"teacher {teacher.name} on {len(pool)} images"})

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import TeacherError
-from .fingerprint import combine, file_sha256, json_sha256
+from scd_core.errors import TeacherError
+from scd_core.fingerprint import combine, file_sha256, json_sha256
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -285,7 +285,7 @@ class TeacherRepository:
         if not text:
             raise TeacherError("empty teacher repository")
         if text.startswith("demo:"):
-            from .demo import ensure_world
+            from scd_core.demo.worlds import ensure_world
 
             world = ensure_world(text[len("demo:"):])
             return cls.from_folder(world.teachers_dir, location=text)

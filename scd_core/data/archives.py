@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import ScdError
+from scd_core.errors import ScdError
 
 ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz4",
                               ".lzma", ".tbz2", ".txz", ".cab", ".jar", ".war", ".iso"})

@@ -2,7 +2,7 @@
 
 Every browser session gets a folder ``<workspace>/sessions/<session_id>/`` (``uploads/``, ``targets/``,
 ``teachers/``, ``runs/``), so two sessions never see each other's files. Uploads are validated before
-they are kept: a target zip goes through :func:`scd_core.targets.load_target`, a teacher zip must hold
+they are kept: a target zip goes through :func:`scd_core.data.targets.load_target`, a teacher zip must hold
 one teacher folder with ``config.json`` and ``model.safetensors`` (pickled weights are refused in
 uploads) whose weights actually fit the configured architecture. A refused upload leaves nothing
 behind. Nothing here imports streamlit.
@@ -20,12 +20,19 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .archives import ArchiveLimits, safe_extract_zip, single_top_folder
-from .errors import ScdError, TargetSetError, TeacherError
-from .fingerprint import bytes_sha256
-from .targets import TargetSet, extraction_dir, load_target
-from .teachers import CONFIG_NAME, SAFETENSORS_NAME, TeacherRepository, TeacherSpec, load_teacher, spec_from_folder
-from .workspace import enforce_limit, subdir, workspace_dir
+from scd_core.data.archives import ArchiveLimits, safe_extract_zip, single_top_folder
+from scd_core.data.targets import TargetSet, extraction_dir, load_target
+from scd_core.errors import ScdError, TargetSetError, TeacherError
+from scd_core.fingerprint import bytes_sha256
+from scd_core.runtime.workspace import enforce_limit, subdir, workspace_dir
+from scd_core.teachers.repository import (
+    CONFIG_NAME,
+    SAFETENSORS_NAME,
+    TeacherRepository,
+    TeacherSpec,
+    load_teacher,
+    spec_from_folder,
+)
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PICKLE_SUFFIXES = frozenset({".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".onnx"})
@@ -250,7 +257,7 @@ class CollectedTeachers:
 
 def collect_teachers(sources: TeacherSources) -> CollectedTeachers:
     """Open every source; a broken source becomes a message, not a failure of the whole repository."""
-    from .teachers import spec_from_hub
+    from scd_core.teachers.repository import spec_from_hub
 
     specs: list[TeacherSpec] = []
     origin: dict[str, str] = {}

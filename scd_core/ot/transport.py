@@ -1,7 +1,7 @@
 r"""Optimal transport between label spaces: batched entropic Sinkhorn (torch) and exact OT (POT).
 
 All solvers work with a cost :math:`\mathbf{C} \in \mathbb{R}^{K_t \times K_s}` between a teacher label
-space and a target label space, normally with values in :math:`[0, 1]` (:mod:`scd_core.costs`), so that
+space and a target label space, normally with values in :math:`[0, 1]` (:mod:`scd_core.ot.costs`), so that
 the regularisation ``eps`` is relative to a known cost scale.
 
 The entropic problem solved by :func:`sinkhorn` is the one of POT's ``ot.sinkhorn``:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ScdError
-from .forward import teacher_outputs
-from .metrics import DEFAULT_METRICS, get_metric
-from .targets import TargetItem, TargetSet, load_target
-from .teachers import TeacherRepository, TeacherSpec
+from scd_core.assess.metrics import DEFAULT_METRICS, get_metric
+from scd_core.data.targets import TargetItem, TargetSet, load_target
+from scd_core.errors import ScdError
+from scd_core.outputs.forward import teacher_outputs
+from scd_core.teachers.repository import TeacherRepository, TeacherSpec
 
 Progress = Callable[[float, str], None]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fingerprint import combine, file_sha256
-from .outputs import TeacherOutputs
-from .workspace import cache_dir
+from scd_core.fingerprint import combine, file_sha256
+from scd_core.outputs.streaming import TeacherOutputs
+from scd_core.runtime.workspace import cache_dir
 
 CACHE_VERSION = "outputs-v1"
 _ARRAYS = ("labels", "joint", "hard_joint", "class_feature_sums", "features", "top_classes", "top_probs")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .costs import rescale_unit
-from .errors import ScdError
-from .transport import sinkhorn
+from scd_core.errors import ScdError
+from scd_core.ot.costs import rescale_unit
+from scd_core.ot.transport import sinkhorn
 
 
 @dataclass

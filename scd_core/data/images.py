@@ -28,7 +28,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import TargetSetError
+from scd_core.errors import TargetSetError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 PIL_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "WEBP", "TIFF"})
