@@ -110,7 +110,7 @@ def _show_target(target: TargetSet) -> None:
             st.markdown("**unlabeled**")
             ui.thumbnails([it.path for it in unlabeled], per_row=8, width=64)
     st.divider()
-    st.page_link("pages/1_Teachers.py", label="Next: the teachers", icon=":material/arrow_forward:")
+    st.page_link("pages/teachers.py", label="Next: the teachers", icon=":material/arrow_forward:")
 
 
 def target_page() -> None:
@@ -141,8 +141,8 @@ def target_page() -> None:
 ui.setup_app()
 st.navigation([
     st.Page(target_page, title="Target set", icon=":material/target:", default=True),
-    st.Page("pages/1_Teachers.py", title="Teachers", icon=":material/school:"),
-    st.Page("pages/2_Ranking.py", title="Ranking", icon=":material/leaderboard:"),
-    st.Page("pages/3_Transport_plans.py", title="Transport plans", icon=":material/grid_on:"),
-    st.Page("pages/4_Distill.py", title="Distill", icon=":material/science:"),
+    st.Page("pages/teachers.py", title="Teachers", icon=":material/school:"),
+    st.Page("pages/ranking.py", title="Ranking", icon=":material/leaderboard:"),
+    st.Page("pages/transport_plans.py", title="Transport plans", icon=":material/grid_on:"),
+    st.Page("pages/distill.py", title="Distill", icon=":material/science:"),
 ]).run()

@@ -81,13 +81,13 @@ def test_home_starts_on_the_demo_world():
 def test_demo_flow_end_to_end():
     at = clean(new_app().run())
 
-    at.switch_page("pages/1_Teachers.py")
+    at.switch_page("pages/teachers.py")
     clean(at.run())
     teachers = at.dataframe[0].value
     assert len(teachers) == 7 and {"near_identical", "superset", "untrained"} <= set(teachers.index)
     assert set(teachers.columns) >= {"architecture", "classes", "description"}
 
-    at.switch_page("pages/2_Ranking.py")
+    at.switch_page("pages/ranking.py")
     clean(at.run())
     button(at, "Rank teachers").click()
     clean(at.run())
@@ -107,7 +107,7 @@ def test_demo_flow_end_to_end():
     budgeted = at.dataframe[0].value
     assert "round" in budgeted.columns and budgeted["images"].min() < budgeted["images"].max()  # successive halving
 
-    at.switch_page("pages/3_Transport_plans.py")
+    at.switch_page("pages/transport_plans.py")
     clean(at.run())
     heatmap = plotly_specs(at)[0]
     assert all(f'"{name}"' in heatmap for name in SHAPES_CLASSES)  # both axes carry class names
@@ -122,7 +122,7 @@ def test_demo_flow_end_to_end():
     clean(at.run())
     assert "green circle" in plotly_specs(at)[1]
 
-    at.switch_page("pages/4_Distill.py")
+    at.switch_page("pages/distill.py")
     clean(at.run())
     at.multiselect(key="w_dist_teachers").set_value(["near_identical"])
     at.multiselect(key="w_dist_methods").set_value(["scd", "ce"])
@@ -138,9 +138,9 @@ def test_demo_flow_end_to_end():
     assert any("validation accuracy" in spec for spec in plotly_specs(at))  # training curves
     assert any(d.label == "Download student (.zip)" for d in at.get("download_button"))
     # widget values survive a page switch
-    at.switch_page("pages/2_Ranking.py")
+    at.switch_page("pages/ranking.py")
     clean(at.run())
-    at.switch_page("pages/4_Distill.py")
+    at.switch_page("pages/distill.py")
     clean(at.run())
     assert at.selectbox(key="w_dist_student").value == "test_resnet"
 
@@ -152,7 +152,7 @@ def test_upload_of_a_real_zip_of_png_files(tmp_path):
     assert not errors(at)
     assert "Target set: upload 'flowers.zip'" in headers(at)
     assert list(at.dataframe[0].value.index) == ["daisy", "rose", "tulip"]
-    at.switch_page("pages/2_Ranking.py")
+    at.switch_page("pages/ranking.py")
     clean(at.run())
     button(at, "Rank teachers").click()
     clean(at.run())
@@ -190,7 +190,7 @@ def test_teacher_upload_hub_name_and_removal(tmp_path):
     pickled = zip_bytes({"bad_teacher/config.json": (good / "config.json").read_bytes(),
                          "bad_teacher/pytorch_model.bin": b"\x80\x04not really a pickle"})
     at = clean(new_app().run())
-    at.switch_page("pages/1_Teachers.py")
+    at.switch_page("pages/teachers.py")
     clean(at.run())
 
     at.file_uploader(key="w_teacher_upload").set_value(("bad_teacher.zip", pickled, "application/zip"))
@@ -222,7 +222,7 @@ def test_teacher_upload_hub_name_and_removal(tmp_path):
 
 def test_kd_with_another_label_space_shows_the_engine_message():
     at = clean(new_app().run())
-    at.switch_page("pages/4_Distill.py")
+    at.switch_page("pages/distill.py")
     clean(at.run())
     at.multiselect(key="w_dist_teachers").set_value(["superset"])
     at.multiselect(key="w_dist_methods").set_value(["kd"])
@@ -237,7 +237,7 @@ def test_kd_with_another_label_space_shows_the_engine_message():
 def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
     folder = write_image_folder(tmp_path / "mine", {"x": 4, "y": 4}, size=16)
     alice = upload_target(clean(new_app().run()), "mine.zip", make_zip(folder, tmp_path / "mine.zip").read_bytes())
-    alice.switch_page("pages/4_Distill.py")
+    alice.switch_page("pages/distill.py")
     clean(alice.run())
     alice.multiselect(key="w_dist_methods").set_value(["ce"])
     alice.selectbox(key="w_dist_student").set_value("test_resnet")
@@ -247,7 +247,7 @@ def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
 
     bob = clean(new_app().run())
     assert "Target set: demo world 'shapes'" in headers(bob)
-    bob.switch_page("pages/4_Distill.py")
+    bob.switch_page("pages/distill.py")
     clean(bob.run())
     assert "Run history (this session)" not in headers(bob)
     manager = default_manager()
@@ -277,7 +277,7 @@ def test_server_folder_only_when_the_operator_allows_it(tmp_path, monkeypatch):
 
 def test_a_run_is_cancelled_from_the_page():
     at = clean(new_app().run())
-    at.switch_page("pages/4_Distill.py")
+    at.switch_page("pages/distill.py")
     clean(at.run())
     at.multiselect(key="w_dist_methods").set_value(["ce"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
@@ -303,7 +303,7 @@ def test_an_operator_configured_teacher_folder_joins_the_demo_zoo(tmp_path, monk
     make_teacher(tmp_path / "repo" / "house_model", 2, img_size=16, labels=["x", "y"], description="in-house")
     monkeypatch.setenv("SCD_TEACHERS", str(tmp_path / "repo"))
     at = clean(new_app().run())
-    at.switch_page("pages/1_Teachers.py")
+    at.switch_page("pages/teachers.py")
     clean(at.run())
     table = at.dataframe[0].value
     assert len(table) == 8 and table.loc["house_model", "source"] == f"folder {tmp_path / 'repo'}"

@@ -306,7 +306,7 @@ def require_repository():
         st.warning(message, icon=":material/warning:")
     if collected.repository is None:
         st.error("No teachers in the repository.")
-        st.page_link("pages/1_Teachers.py", label="Add teachers", icon=":material/school:")
+        st.page_link("pages/teachers.py", label="Add teachers", icon=":material/school:")
         st.stop()
     return collected.repository
 

@@ -129,5 +129,5 @@ st.download_button("Download ranking (CSV)", ordered.to_csv().encode("utf-8"), f
 st.plotly_chart(ranking_bar(ordered, rank_by), key="rank_bar")
 
 st.divider()
-st.page_link("pages/3_Transport_plans.py", label=f"Next: how {best}'s labels map onto yours",
+st.page_link("pages/transport_plans.py", label=f"Next: how {best}'s labels map onto yours",
              icon=":material/arrow_forward:")

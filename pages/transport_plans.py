@@ -113,4 +113,4 @@ with right:
         st.plotly_chart(fig, key="plan_image_flow")
 
 st.divider()
-st.page_link("pages/4_Distill.py", label=f"Next: distill {teacher} into a student", icon=":material/arrow_forward:")
+st.page_link("pages/distill.py", label=f"Next: distill {teacher} into a student", icon=":material/arrow_forward:")

@@ -166,4 +166,4 @@ if repo is not None or collected.hidden:
         st.button("Restore hidden teachers", key="w_teacher_restore", on_click=_restore_hidden)
 
 st.divider()
-st.page_link("pages/2_Ranking.py", label="Next: rank the teachers", icon=":material/arrow_forward:")
+st.page_link("pages/ranking.py", label="Next: rank the teachers", icon=":material/arrow_forward:")
