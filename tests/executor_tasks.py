@@ -1,0 +1,32 @@
+"""Module-level task functions for executor tests (workers import them by name)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is refused")
+    return x
+
+
+def die_once(arg: tuple[int, str]) -> int:
+    """Kill the own worker with SIGKILL the first time (a marker file remembers), succeed the second."""
+    x, marker_dir = arg
+    marker = Path(marker_dir) / f"died-{x}"
+    if x == 1 and not marker.exists():
+        marker.write_text("1")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x + 100
+
+
+def always_die(x: int) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x

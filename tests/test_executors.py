@@ -1,0 +1,42 @@
+"""The executor interface on its local backend: real worker processes and real signals."""
+
+from __future__ import annotations
+
+import pytest
+
+from scd_core.errors import ScdError
+from scd_core.runtime.executors import LocalExecutor, get_executor
+from tests import executor_tasks
+
+
+def test_map_keeps_order_and_reports_failures_by_name():
+    with get_executor("local", workers=2) as ex:
+        out = ex.map(executor_tasks.fail_on_three, [1, 2, 3, 4], names=["a", "b", "c", "d"])
+    assert [o.name for o in out] == ["a", "b", "c", "d"]
+    assert [o.value for o in out if o.ok] == [1, 2, 4]
+    (bad,) = [o for o in out if not o.ok]
+    assert bad.name == "c" and "three is refused" in bad.error and bad.attempts == 1
+
+
+def test_killed_worker_is_retried_once(tmp_path):
+    seen = []
+    with LocalExecutor(workers=1) as ex:
+        out = ex.map(executor_tasks.die_once, [(0, str(tmp_path)), (1, str(tmp_path)), (2, str(tmp_path))],
+                     names=["t0", "t1", "t2"], progress=lambda done, total, o: seen.append((done, total, o.name)))
+    assert [o.value for o in out] == [100, 101, 102]
+    assert out[1].attempts == 2
+    assert (tmp_path / "died-1").exists()
+    assert [s[0] for s in seen] == [1, 2, 3] and {s[2] for s in seen} == {"t0", "t1", "t2"}
+
+
+def test_worker_that_always_dies_is_reported_failed_and_others_kept():
+    with LocalExecutor(workers=1) as ex:
+        out = ex.map(executor_tasks.always_die, [7], names=["doomed"], retries=1)
+        assert out[0].name == "doomed" and not out[0].ok and out[0].attempts == 2
+        assert "worker died" in out[0].error
+        assert ex.submit(executor_tasks.square, 9).result(timeout=120) == 81  # the pool recovers
+
+
+def test_unknown_executor_is_a_clear_error():
+    with pytest.raises(ScdError, match="unknown executor 'nope'"):
+        get_executor("nope")
