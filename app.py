@@ -139,10 +139,14 @@ def target_page() -> None:
 
 
 ui.setup_app()
-st.navigation([
+page = st.navigation([
     st.Page(target_page, title="Target set", icon=":material/target:", default=True),
     st.Page("pages/teachers.py", title="Teachers", icon=":material/school:"),
     st.Page("pages/ranking.py", title="Ranking", icon=":material/leaderboard:"),
     st.Page("pages/transport_plans.py", title="Transport plans", icon=":material/grid_on:"),
     st.Page("pages/distill.py", title="Distill", icon=":material/science:"),
-]).run()
+]).run
+try:
+    page()
+finally:  # also after st.stop() and reruns: the session's state is saved for a reload or a bookmark
+    ui.save_session()
