@@ -1158,7 +1158,7 @@ def test_two_sessions_ranking_and_distilling_at_once(teacher_dir, ws, tmp_path):
     try:
         job_a = manager.submit(alice, distill_job(target_a, None, config, run_dir), label="distill", kind="distill")
         job_b = manager.submit(bob, lambda report, cancel: rank(target_b, repo, metrics=["scd", "leep"],
-                                                                device="cpu").index.tolist(), label="rank")
+                                                                device="cpu").names, label="rank")
         done_a, done_b = manager.wait(alice, job_a, 120), manager.wait(bob, job_b, 120)
         assert done_a["status"] == FINISHED, done_a["error"]
         assert done_b["status"] == FINISHED and done_b["result"] == ["t"], done_b["error"]
