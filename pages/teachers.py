@@ -68,10 +68,8 @@ with tab_objs[0]:
                 with st.spinner(f"Checking {upload.name}…"):
                     taken = set(repo.names if repo else []) | set(collected.hidden)
                     spec = add_uploaded_teacher(ui.session_id(), upload.name, upload.getvalue(), taken=taken)
-            except ScdError as exc:
-                st.session_state["teacher_upload_message"] = ("error", str(exc))
             except Exception as exc:
-                st.session_state["teacher_upload_message"] = ("error", f"{type(exc).__name__}: {exc}")
+                st.session_state["teacher_upload_message"] = ("error", ui.error_message(exc))
             else:
                 sources.uploads.append(spec.location)
                 ui.clear_teacher_cache()

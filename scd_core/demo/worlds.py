@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from scd_core.config import settings
 from scd_core.errors import ScdError
 
 WORLDS: tuple[str, ...] = ("shapes", "digits")
@@ -862,7 +862,7 @@ def world_dir(name: str, size: str | None = None) -> Path:
     """Where :func:`ensure_world` keeps world ``name`` of ``size`` in the workspace."""
     from scd_core.runtime.workspace import subdir
 
-    size = _check_size(size or os.environ.get("SCD_DEMO_SIZE", "full"))
+    size = _check_size(size or settings().demo_size)
     return subdir("demo") / f"{_check_name(name)}-{size}-v{VERSION}"
 
 
@@ -873,7 +873,7 @@ def ensure_world(name: str, *, size: str | None = None, progress: ProgressFn | N
     concurrent callers wait for one build instead of building twice.
     """
     name = _check_name(name)
-    size = _check_size(size or os.environ.get("SCD_DEMO_SIZE", "full"))
+    size = _check_size(size or settings().demo_size)
     root = world_dir(name, size)
     if _is_world(root):
         return open_world(root)
