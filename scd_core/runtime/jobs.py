@@ -190,7 +190,7 @@ class Dispatcher:
                     break
                 if lane == "train" and self.store.running_count(lane, job.session) >= self.config.session_max_running:
                     continue
-                if self.store.claim(job.id):
+                if self.store.claim(job.id, f"{self._host}:{os.getpid()}"):
                     self._submit(free.pop(0), job)
         now = time.monotonic()
         if now - self._last_stale > max(5.0, self.stale_s / 3):

@@ -88,6 +88,7 @@ class JobSnapshot:
     cancel_requested: bool = False
     worker_pid: int | None = None
     worker_host: str | None = None
+    dispatcher: str | None = None  # "host:pid" of the server process that claimed it
     seq: int = 0
 
     @property
@@ -176,6 +177,7 @@ INSERT OR IGNORE INTO sessions (id, created, last_seen)
     SELECT session, MIN(created), MAX(COALESCE(ended, created)) FROM jobs GROUP BY session;
 ALTER TABLE jobs ADD COLUMN heartbeat REAL;
 ALTER TABLE jobs ADD COLUMN worker_host TEXT;
+ALTER TABLE jobs ADD COLUMN dispatcher TEXT;
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2)
@@ -211,7 +213,7 @@ def _statements(script: str) -> list[str]:
 
 _COLUMNS = ("seq", "id", "session", "kind", "label", "lane", "key", "params", "meta", "status", "progress", "message",
             "result", "error", "artefacts", "created", "started", "ended", "cancel_requested", "worker_pid",
-            "heartbeat", "worker_host")
+            "heartbeat", "worker_host", "dispatcher")
 
 
 def _dumps(value: Any) -> str:
@@ -358,7 +360,7 @@ class JobStore:
                 result=json.loads(d["result"]) if d["result"] else None, error=d["error"],
                 artefacts=json.loads(d["artefacts"]), created=d["created"], started=d["started"], ended=d["ended"],
                 heartbeat=d["heartbeat"], cancel_requested=bool(d["cancel_requested"]), worker_pid=d["worker_pid"],
-                worker_host=d["worker_host"], seq=d["seq"]))
+                worker_host=d["worker_host"], dispatcher=d["dispatcher"], seq=d["seq"]))
         return out
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -414,10 +416,14 @@ class JobStore:
             args.append(session)
         return self._conn().execute(sql, args).fetchone()[0]
 
-    def claim(self, job_id: str) -> bool:
-        """queued -> running for the dispatcher that will submit it; False if it was cancelled or taken."""
-        return self._write("UPDATE jobs SET status=?, message=?, started=?, heartbeat=? WHERE id=? AND status=?",
-                           (JobStatus.RUNNING.value, "starting a worker", time.time(), time.time(), job_id,
+    def claim(self, job_id: str, dispatcher: str | None = None) -> bool:
+        """queued -> running for the dispatcher that will submit it; False if it was cancelled or taken.
+
+        ``dispatcher`` ("host:pid", default this process) tells later readers whose worker runs it."""
+        owner = dispatcher or f"{socket.gethostname()}:{os.getpid()}"
+        return self._write("UPDATE jobs SET status=?, message=?, started=?, heartbeat=?, dispatcher=? "
+                           "WHERE id=? AND status=?",
+                           (JobStatus.RUNNING.value, "starting a worker", time.time(), time.time(), owner, job_id,
                             JobStatus.QUEUED.value)) == 1
 
     # -- worker side -----------------------------------------------------------------------------
@@ -500,9 +506,10 @@ class JobStore:
                         skip: Iterable[str] = ()) -> list[str]:
         """Mark running jobs whose worker is gone as interrupted (their history stays); returns their ids.
 
-        A worker is gone when its heartbeat is older than ``stale_s`` or, for a worker on this ``host``,
-        when ``alive(pid)`` says its process no longer exists. Jobs in ``skip`` (those the caller's own
-        workers hold) are left alone.
+        On this ``host`` a job is gone when ``alive(pid)`` says its worker's process has ended or, before
+        the worker started, its dispatcher's process has ended. For a job on another host (a remote
+        backend) only the heartbeat can tell: gone when older than ``stale_s``. Jobs in ``skip`` (those
+        the caller's own workers hold) are left alone.
         """
         host = host or socket.gethostname()
         now = time.time()
@@ -511,10 +518,13 @@ class JobStore:
         for job in self.jobs(statuses=(JobStatus.RUNNING, JobStatus.CANCELLING), history=False):
             if job.id in skip:
                 continue
-            beat = job.heartbeat or job.started or job.created
-            dead = now - beat > stale_s
-            if not dead and alive is not None and job.worker_pid and job.worker_host == host:
+            owner_host, _, owner_pid = (job.dispatcher or "").rpartition(":")
+            if job.worker_pid and job.worker_host == host and alive is not None:
                 dead = not alive(job.worker_pid)
+            elif not job.worker_pid and owner_host == host and owner_pid.isdigit() and alive is not None:
+                dead = not alive(int(owner_pid))
+            else:
+                dead = now - (job.heartbeat or job.started or job.created) > stale_s
             if dead and self.finish(job.id, JobStatus.INTERRUPTED,
                                     error="the server or its worker stopped while this job ran; restart it to "
                                           "run it again"):
