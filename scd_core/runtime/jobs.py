@@ -346,8 +346,23 @@ def default_dispatcher() -> Dispatcher:
             dispatcher = Dispatcher(store, on_session_expired=remove_session)
             _DISPATCHERS[store.path] = dispatcher
             if len(_DISPATCHERS) == 1:
-                atexit.register(_shutdown_all)
+                _at_exit(_shutdown_all)
     return dispatcher.start()
+
+
+def _at_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when the interpreter exits, before concurrent.futures joins its worker pools.
+
+    Those joins wait for running tasks, so a server stopped with SIGTERM would otherwise wait for its
+    training runs to end; hooks registered later with ``threading._register_atexit`` run first.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading atexit hook")
+        register(fn)
+    except RuntimeError:  # already shutting down, or another Python: the plain hook
+        atexit.register(fn)
 
 
 def _shutdown_all() -> None:
