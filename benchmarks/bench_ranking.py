@@ -63,9 +63,10 @@ def ground_truth(path: str | None, world: str) -> dict | None:
 
 def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | None,
               reuse: str | None = None) -> dict:
-    from scd_core.assess.ranking import as_repository, as_target, rank
+    from scd_core.assess.ranking import rank
     from scd_core.assess.validate import ranking_agreement, validate
     from scd_core.distill.trainer import DistillConfig
+    from scd_core.sources import as_repository, as_target
 
     target_dir, teachers_dir = worlds.world_paths(name, size, root)
     target, repo = as_target(target_dir), as_repository(teachers_dir)

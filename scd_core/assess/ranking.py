@@ -20,21 +20,14 @@ import numpy as np
 import pandas as pd
 
 from scd_core.assess.metrics import DEFAULT_METRICS, Metric, get_metric
-from scd_core.data.targets import TargetItem, TargetSet, load_target
+from scd_core.data.targets import TargetItem, TargetSet
 from scd_core.errors import ScdError
 from scd_core.outputs.forward import teacher_outputs
 from scd_core.progress import ProgressFn, emit, scaled
+from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
 
 __all__ = ["MetricInfo", "Ranking", "TeacherScore", "rank", "score_teacher", "stratified_prefix"]
-
-
-def as_target(target: TargetSet | str | Path) -> TargetSet:
-    return target if isinstance(target, TargetSet) else load_target(target)
-
-
-def as_repository(repo: TeacherRepository | str | Path) -> TeacherRepository:
-    return repo if isinstance(repo, TeacherRepository) else TeacherRepository.from_spec(repo)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ def _config(args: argparse.Namespace, method: str) -> DistillConfig:
 
 
 def cmd_distill(args: argparse.Namespace, bar) -> dict:
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.distill.trainer import distill
+    from scd_core.sources import as_repository, as_target
 
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from scd_core.assess.metrics import ScdMetric
-from scd_core.assess.ranking import as_repository, as_target
 from scd_core.data.targets import TargetSet
 from scd_core.errors import ScdError
 from scd_core.ot.transport import entropic_plan, exact_plan
 from scd_core.outputs.forward import teacher_outputs
 from scd_core.outputs.streaming import TeacherOutputs
+from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository
 
 KINDS = ("plan", "joint", "cost")
