@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import ui
-from scd_core import ScdError
 from scd_core.assess.metrics import DEFAULT_METRICS, METRICS
 from scd_core.assess.ranking import Ranking, rank
 from scd_core.viz.figures import direction_label, ranking_bar, sort_ranking
@@ -56,10 +55,7 @@ if submitted:
         try:
             ranking = rank(target, repo, teachers=teachers, metrics=metrics, budget=budget_value, device=ui.device(),
                            progress=ui.progress_callback(bar))
-        except ScdError as exc:
-            bar.empty()
-            ui.show_error(exc, "Ranking failed: ")
-        except Exception as exc:  # never a traceback in the app
+        except Exception as exc:  # input feedback, or a bug's internal-error note
             bar.empty()
             ui.show_error(exc, "Ranking failed: ")
         else:
