@@ -88,6 +88,31 @@ def contrastive_score_from_chunks(cost: np.ndarray, chunks: Iterable[tuple[np.nd
     return total / count
 
 
+def contrastive_log_likelihoods(cost: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+                                tau: float = SCD_TAU) -> np.ndarray:
+    r"""Per-image terms of :func:`contrastive_score_from_chunks`, shape (B,), float64.
+
+    :math:`\log \operatorname{softmax}_j(-D_{nj} / \tau)_{y_n}` with :math:`D = p \tilde C` and
+    :math:`\tilde C` the min-max rescaled cost; their mean over the images is the ``scd`` score.
+    """
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    c = rescale_unit(cost)
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs)
+    z = -(probs @ c.astype(probs.dtype, copy=False)).astype(np.float64) / tau  # (B, K_s)
+    z -= z.max(axis=1, keepdims=True)
+    return z[np.arange(labels.shape[0]), labels] - np.log(np.exp(z).sum(axis=1))
+
+
+def label_costs(cost: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-image OT cost to the label, (p(x_n)^T C)_{y_n}, shape (B,); their mean is :func:`mean_label_cost`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs)
+    c = np.asarray(cost, dtype=np.float64)
+    return np.einsum("nk,kn->n", probs.astype(np.float64), c[:, labels])
+
+
 def _conditional_from_joint(joint: np.ndarray) -> np.ndarray:
     """P(y | z) = J_zy / sum_y' J_zy' (K_t x K_s); rows of J without mass get P(y | z) = 0.
 
@@ -121,6 +146,14 @@ def leep_from_chunks(joint: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.nd
     if count == 0:
         raise ScdError("LEEP needs at least one labeled image")
     return total / count
+
+
+def leep_log_eeps(cond: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-image LEEP terms log sum_z p(z | x_n) P(y_n | z), shape (B,), floored at the smallest float64."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs)
+    eep = (probs @ cond.astype(probs.dtype, copy=False))[np.arange(labels.shape[0]), labels].astype(np.float64)
+    return np.log(np.maximum(eep, np.finfo(np.float64).tiny))
 
 
 def joint_from_probs(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -385,10 +418,36 @@ class Metric(ABC):
     higher_is_better: bool = True
     needs_features: bool = False
     description: str = ""
+    mean_over_images: bool = False
+    """True when the score is exactly the mean of :meth:`per_image` (then one pass gives both)."""
 
     @abstractmethod
     def score(self, outputs: TeacherOutputs) -> float:
         """The metric of one teacher on one target set."""
+
+    def per_image(self, outputs: TeacherOutputs) -> np.ndarray | None:
+        """Per-image contributions (N,) whose mean over the images is (or approximates) the score.
+
+        None for metrics that are not a mean over images. The teacher-level statistics a metric
+        uses (the cost, P(y | z)) are held fixed, so resampling these values measures how the
+        score varies with the choice of images given those statistics.
+        """
+        return None
+
+    def resample(self, outputs: TeacherOutputs, counts: np.ndarray) -> np.ndarray:
+        """Scores (B,) under bootstrap resamples of the images: ``counts`` (B, N), each row summing to N.
+
+        Metrics with :meth:`per_image` values reweight them (one (B, N) x (N,) product); the others
+        override this.
+        """
+        values = self.per_image(outputs)
+        if values is None:
+            raise NotImplementedError(f"{self.name} has no bootstrap")
+        return counts @ values / counts.sum(axis=1)
+
+    def score_rows(self, outputs: TeacherOutputs, index: np.ndarray) -> float:
+        """The score on the images ``index`` only (feature metrics, for half-sample intervals)."""
+        raise NotImplementedError(f"{self.name} cannot be scored on a subset of rows")
 
     def info(self) -> dict[str, Any]:
         """JSON-ready description: ``{"higher_is_better", "needs_features", "description"}``."""
@@ -428,6 +487,7 @@ class ScdMetric(Metric):
         self.cost, self.form = cost, form
         self.smoothing, self.tau, self.chunk_size = smoothing, tau, chunk_size
         self.higher_is_better = form == "contrast"
+        self.mean_over_images = form == "contrast"
         default = "scd" + ("" if cost == DEFAULT_COST else f"_{cost}") + ("" if form == "contrast" else "_cost")
         self.name = name or default
         cost_text = f"{cost} cost ({registered.description.rstrip('.')})"
@@ -443,6 +503,13 @@ class ScdMetric(Metric):
             return mean_label_cost(outputs.joint, cost)
         chunks = ((p, outputs.labels[rows]) for rows, p in outputs.iter_probabilities(self.chunk_size))
         return contrastive_score_from_chunks(cost, chunks, self.tau)
+
+    def per_image(self, outputs: TeacherOutputs) -> np.ndarray:
+        cost = cost_matrix(outputs, self.cost, smoothing=self.smoothing)
+        parts = [contrastive_log_likelihoods(cost, p, outputs.labels[rows], self.tau) if self.form == "contrast"
+                 else label_costs(cost, p, outputs.labels[rows])
+                 for rows, p in outputs.iter_probabilities(self.chunk_size)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
 
 class LeepMetric(Metric):
@@ -460,9 +527,17 @@ class LeepMetric(Metric):
     def __init__(self, chunk_size: int | None = None) -> None:
         self.chunk_size = chunk_size  # None: iter_probabilities' default, about 64 MB whatever K_t
 
+    mean_over_images = True
+
     def score(self, outputs: TeacherOutputs) -> float:
         chunks = ((p, outputs.labels[rows]) for rows, p in outputs.iter_probabilities(self.chunk_size))
         return leep_from_chunks(outputs.joint, chunks)
+
+    def per_image(self, outputs: TeacherOutputs) -> np.ndarray:
+        cond = _conditional_from_joint(outputs.joint)
+        parts = [leep_log_eeps(cond, p, outputs.labels[rows])
+                 for rows, p in outputs.iter_probabilities(self.chunk_size)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
 
 class NceMetric(Metric):
@@ -475,6 +550,21 @@ class NceMetric(Metric):
 
     def score(self, outputs: TeacherOutputs) -> float:
         return nce_from_hard_joint(outputs.hard_joint)
+
+    def resample(self, outputs: TeacherOutputs, counts: np.ndarray) -> np.ndarray:
+        """-H(Y | Z) of every resample at once: the hard joint of resample b is counts_b summed per (z, y)."""
+        z = np.asarray(outputs.top_classes[:, 0], dtype=np.int64)
+        pair = z * outputs.num_target_classes + np.asarray(outputs.labels, dtype=np.int64)
+        pairs, inverse = np.unique(pair, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        h = np.add.reduceat(counts[:, order].astype(np.float64), starts, axis=1)  # (B, P) pair counts
+        h /= h.sum(axis=1, keepdims=True)
+        z_of_pair, z_index = np.unique(pairs // outputs.num_target_classes, return_inverse=True)
+        pz = np.zeros((h.shape[0], z_of_pair.size))
+        np.add.at(pz.T, z_index, h.T)
+        ratio = np.divide(h, pz[:, z_index], out=np.ones_like(h), where=h > 0)
+        return np.sum(h * np.log(ratio), axis=1)
 
 
 class LogmeMetric(Metric):
@@ -489,6 +579,9 @@ class LogmeMetric(Metric):
     def score(self, outputs: TeacherOutputs) -> float:
         return logme_score(outputs.features, outputs.labels, outputs.num_target_classes)
 
+    def score_rows(self, outputs: TeacherOutputs, index: np.ndarray) -> float:
+        return logme_score(outputs.features[index], outputs.labels[index], outputs.num_target_classes)
+
 
 class HscoreMetric(Metric):
     """Regularised H-score (Bao et al. 2019; Ledoit-Wolf shrinkage of Ibrahim et al. 2021); higher is
@@ -502,6 +595,9 @@ class HscoreMetric(Metric):
 
     def score(self, outputs: TeacherOutputs) -> float:
         return hscore(outputs.features, outputs.labels, outputs.num_target_classes)
+
+    def score_rows(self, outputs: TeacherOutputs, index: np.ndarray) -> float:
+        return hscore(outputs.features[index], outputs.labels[index], outputs.num_target_classes)
 
 
 METRICS: dict[str, Metric] = {
@@ -538,13 +634,17 @@ __all__ = [
     "Metric",
     "NceMetric",
     "ScdMetric",
+    "contrastive_log_likelihoods",
+    "contrastive_score_from_chunks",
     "get_metric",
     "hscore",
     "hscore_plain",
     "joint_from_probs",
+    "label_costs",
     "ledoit_wolf_shrinkage_from_spectrum",
     "leep_from_chunks",
     "leep_from_probs",
+    "leep_log_eeps",
     "logme_evidences",
     "logme_score",
     "mean_label_cost",
