@@ -1,7 +1,7 @@
 """Ranking teachers for a target set: every metric from one forward pass per teacher.
 
 :func:`rank` scores each teacher with the chosen metrics and returns a table sorted best first by
-the first metric. With a ``budget`` below 1, successive halving (SPEC, method 5) scores all teachers
+the first metric. With a ``budget`` below 1, successive halving scores all teachers
 on a small stratified subset, keeps the better half, doubles the subset and repeats, so the forward
 passes add up to about ``budget`` times those of a full scan.
 """
@@ -21,6 +21,7 @@ from scd_core.data.targets import TargetItem, TargetSet, load_target
 from scd_core.errors import ScdError
 from scd_core.outputs.forward import teacher_outputs
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
+from scd_core.utils import finite_or_none
 
 Progress = Callable[[float, str], None]
 
@@ -166,7 +167,7 @@ def _successive_halving(specs, items_all, budget, first_metric, score, seed) -> 
 
 
 def ranking_json(table: pd.DataFrame) -> dict:
-    """The SPEC's JSON form of a ranking (stable keys)."""
+    """The JSON form of a ranking that the CLI writes (stable keys: target, metrics, teachers, timing)."""
     metric_names = list(table.attrs["metrics"])
     return {
         "target": table.attrs.get("target", {}),
@@ -175,12 +176,8 @@ def ranking_json(table: pd.DataFrame) -> dict:
         "budget": table.attrs.get("budget"),
         "teachers": [
             {"name": name, "num_classes": int(row["num_classes"]), "images": int(row["images"]),
-             "scores": {m: _finite(row[m]) for m in metric_names}}
+             "scores": {m: finite_or_none(row[m]) for m in metric_names}}
             for name, row in table.iterrows()
         ],
         "timing": table.attrs.get("timing", {}),
     }
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None

@@ -51,6 +51,7 @@ import numpy as np
 
 from scd_core.config import settings
 from scd_core.errors import ScdError
+from scd_core.utils import slug
 
 WORLDS: tuple[str, ...] = ("shapes", "digits")
 SIZES: tuple[str, ...] = ("full", "small")
@@ -561,10 +562,6 @@ def _target_classes(name: str) -> list[str]:
     return [_digit_label(d) for d in _DIGITS_TARGET]
 
 
-def _slug(text: str) -> str:
-    return "-".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
-
-
 class _Split:
     """The images of a world, drawn per purpose from independent seed streams."""
 
@@ -678,7 +675,7 @@ def _write_target(root: Path, class_names: list[str],
             folder = root / split / class_names[c]
             folder.mkdir(parents=True, exist_ok=True)
             for i, img in enumerate(images):
-                _save_png(img, folder / f"{_slug(class_names[c])}-{i:03d}.png")
+                _save_png(img, folder / f"{slug(class_names[c])}-{i:03d}.png")
             counts[split][class_names[c]] = len(images)
     (root / "unlabeled").mkdir(parents=True, exist_ok=True)
     truth: dict[str, str] = {}
