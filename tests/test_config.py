@@ -148,3 +148,13 @@ def test_readme_configuration_table_lists_every_variable():
     assert markdown_table() in readme, "regenerate the README table with: python -m scd_core.config"
     listed = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.MULTILINE))
     assert {f.env for f in FIELDS} <= listed
+
+
+def test_unknown_variables_are_warned_about_once(monkeypatch, caplog):
+    from scd_core.config import check_environment
+
+    monkeypatch.setenv("SCD_DEVICES", "cpu")  # a typo of SCD_DEVICE
+    with caplog.at_level("WARNING", logger="scd_core.config"):
+        assert check_environment() == settings()
+        check_environment()
+    assert len([r for r in caplog.records if "SCD_DEVICES" in r.getMessage()]) == 1
