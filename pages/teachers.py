@@ -89,7 +89,8 @@ with tab_objs[1]:
     if st.button("Add hub teacher", key="w_hub_add") and hub_name.strip():
         name = hub_name.strip()
         try:
-            spec = spec_from_hub(name)
+            with st.spinner(f"Looking up {name} (local cache first, then the hub)…"):
+                spec = spec_from_hub(name)
         except ScdError as exc:
             ui.show_error(exc)
         else:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 import torch
-
-_SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def finite_or_none(x: Any) -> float | None:
@@ -32,7 +29,8 @@ def as_float64(x: Any, *, name: str = "array", ndim: int | None = None, finite: 
     return arr
 
 
-def slug(text: str, max_len: int = 64, default: str = "item") -> str:
-    """``text`` as part of a file name: every run of characters other than ASCII letters, digits, ``_``,
-    ``.`` and ``-`` becomes one ``-``; cut to ``max_len`` characters; ``default`` when nothing is left."""
-    return _SLUG_UNSAFE.sub("-", text)[:max_len].strip("-") or default
+def slug(text: str, max_len: int | None = None, default: str = "item") -> str:
+    """``text`` as part of a file name: lower case, every run of characters that are not letters or digits
+    becomes one ``-`` (none at either end); at most ``max_len`` characters; ``default`` when nothing is left."""
+    words = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+    return "-".join(words)[:max_len].strip("-") or default

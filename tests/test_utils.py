@@ -25,6 +25,7 @@ def test_as_float64_from_any_tensor_and_checks():
 
 
 def test_slug():
-    assert slug("red circle") == "red-circle" and slug("digit 0") == "digit-0"
-    assert slug("hf-hub:timm/resnet18.a1_in1k") == "hf-hub-timm-resnet18.a1_in1k"
-    assert slug("//", default="run") == "run" and len(slug("x" * 100, 40)) == 40
+    assert slug("red circle") == "red-circle" and slug("letter A (bold)") == "letter-a-bold"
+    assert slug("hf-hub:timm/resnet18.a1_in1k") == "hf-hub-timm-resnet18-a1-in1k"
+    assert slug("Ωmega  δ") == "ωmega-δ"
+    assert slug("//", default="run") == "run" and slug("x" * 100, 40) == "x" * 40

@@ -22,6 +22,7 @@ import streamlit as st
 from scd_core import ScdError
 from scd_core.config import check_environment, settings
 from scd_core.incidents import user_message
+from scd_core.progress import ProgressEvent, ProgressFn
 from scd_core.runtime.jobs import ACTIVE_STATES, SHARED_SESSION, JobManager, default_manager, demo_build_job
 from scd_core.runtime.session import (
     TeacherSources,
@@ -362,9 +363,15 @@ def _progress_to(bar) -> Callable[[float, str], None]:
     return update
 
 
-def progress_callback(bar) -> Callable[[float, str], None]:
-    """A ``progress(fraction, message)`` callback that updates ``bar`` at most 5 times a second."""
-    return _progress_to(bar)
+def progress_callback(bar) -> ProgressFn:
+    """A :class:`~scd_core.progress.ProgressFn` that updates ``bar`` at most 5 times a second."""
+    legacy = _progress_to(bar)
+
+    def update(event: ProgressEvent) -> None:
+        if event.fraction is not None:
+            legacy(event.fraction, event.message)
+
+    return update
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

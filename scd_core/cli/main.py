@@ -17,6 +17,7 @@ from pathlib import Path
 from scd_core.config import DEFAULTS, check_environment, parse_device
 from scd_core.errors import ScdError
 from scd_core.incidents import user_message
+from scd_core.progress import ProgressEvent
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -45,7 +46,7 @@ def _write_json(obj: dict, path: str | None) -> None:
 
 
 class _Bar:
-    """tqdm progress bar fed by the engine's ``progress(fraction, message)`` callbacks (stderr)."""
+    """tqdm progress bar on stderr, fed with :class:`~scd_core.progress.ProgressEvent` s."""
 
     def __init__(self, enabled: bool) -> None:
         self.bar = None
@@ -54,11 +55,16 @@ class _Bar:
 
             self.bar = tqdm(total=1000, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}")
 
-    def __call__(self, fraction: float, message: str) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.bar is not None:
-            self.bar.set_description_str(message[:60])
-            self.bar.n = int(1000 * max(0.0, min(1.0, fraction)))
+            self.bar.set_description_str(event.message[:60])
+            if event.fraction is not None:
+                self.bar.n = int(1000 * max(0.0, min(1.0, event.fraction)))
             self.bar.refresh()
+
+    def legacy(self, fraction: float, message: str) -> None:
+        """For steps that still report ``progress(fraction, message)``."""
+        self(ProgressEvent(message, fraction))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -71,20 +77,20 @@ def _metric_list(text: str) -> list[str]:
 
 
 def cmd_rank(args: argparse.Namespace, bar: _Bar) -> dict:
-    from scd_core.assess.ranking import rank, ranking_json
+    from scd_core.assess.ranking import rank
 
-    table = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
-                 budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar)
+    ranking = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
+                   budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar)
     if not args.json:
-        print(table.to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
-    return ranking_json(table)
+        print(ranking.table().to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
+    return ranking.to_json()
 
 
 def cmd_plan(args: argparse.Namespace, bar: _Bar) -> dict:
     from scd_core.ot.plans import transport_plan
 
     matrix = transport_plan(args.target, args.repo, args.teacher, args.kind, cost=args.cost, eps=args.eps,
-                            device=args.device, batch_size=args.batch_size, progress=bar)
+                            device=args.device, batch_size=args.batch_size, progress=bar.legacy)
     if args.csv:
         with _writing(args.csv):
             matrix.to_csv(args.csv)
@@ -99,9 +105,9 @@ def cmd_demo(args: argparse.Namespace, bar: _Bar) -> dict:
     for name in worlds:
         if args.out:
             out = Path(args.out) / name if len(worlds) > 1 else Path(args.out)
-            world = build_world(name, out, size=args.size or "full", seed=args.seed, progress=bar)
+            world = build_world(name, out, size=args.size or "full", seed=args.seed, progress=bar.legacy)
         else:
-            world = ensure_world(name, size=args.size, progress=bar)
+            world = ensure_world(name, size=args.size, progress=bar.legacy)
         built.append({"world": world.name, "size": world.size, "target": str(world.target_dir),
                       "repo": str(world.teachers_dir)})
     return {"worlds": built}

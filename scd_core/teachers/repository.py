@@ -26,6 +26,7 @@ from torch import nn
 from scd_core.config import settings
 from scd_core.errors import TeacherError
 from scd_core.fingerprint import combine, file_sha256, json_sha256
+from scd_core.teachers.hub import hub_offline_reason
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -228,6 +229,16 @@ def spec_from_folder(folder: str | Path) -> TeacherSpec:
     return _spec_from_config(folder.name, "folder", str(folder), config, fingerprint)
 
 
+def _config_cached(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = hub_id.partition("@")
+    try:
+        return isinstance(try_to_load_from_cache(repo, CONFIG_NAME, revision=revision or None), str)
+    except Exception:  # a malformed id: let the resolver report it
+        return False
+
+
 def spec_from_hub(name: str) -> TeacherSpec:
     """Resolve ``hf-hub:<repo>`` or a timm pretrained tag; reads config.json from the HF cache.
 
@@ -240,6 +251,9 @@ def spec_from_hub(name: str) -> TeacherSpec:
         from timm.models._hub import load_model_config_from_hf
 
         hub_id = name[len("hf-hub:"):]
+        offline = None if _config_cached(hub_id) else hub_offline_reason()
+        if offline:  # fail in about a second instead of after the HTTP client's retries
+            raise TeacherError(f"cannot resolve {name!r}: it is not in the local Hugging Face cache and {offline}")
         try:
             config, _ = load_model_config_from_hf(hub_id)
         except Exception as exc:
