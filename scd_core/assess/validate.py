@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from scd_core.assess.ranking import as_repository, as_target, rank
+from scd_core.assess.ranking import rank
 from scd_core.data.targets import TargetSet
 from scd_core.distill.trainer import DistillConfig, distill
+from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository
 from scd_core.utils import finite_or_none
 

@@ -57,7 +57,7 @@ class DistillConfig:
     weight: float = 1.0  # lambda of the teacher term
     temperature: float = 4.0
     eps: float = 0.05  # entropic regularisation of the scd loss, relative to a [0, 1] cost
-    cost: str = "prototype"  # teacher-to-target cost of the scd loss: prototype or conditional
+    cost: str = "prototype"  # teacher-to-target cost of the scd loss: a name in scd_core.ot.costs.COSTS
     image_size: int | None = None  # default: from the data, 32..224
     flip: bool = False
     use_unlabeled: bool = True
@@ -161,13 +161,13 @@ def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str
     """Cost (and, when asked, the exact dataset plan) of the teacher from its outputs on the labeled
     train images (never val/test). The plan is an exact OT solve over K_t x K_s: only ``translate``
     needs it, so it is not paid for by the other methods."""
-    from scd_core.assess.metrics import ScdMetric
+    from scd_core.ot.costs import cost_matrix
     from scd_core.ot.transport import exact_plan
     from scd_core.outputs.forward import teacher_outputs
 
     train = [it for it in target.split("train") if it.label >= 0]
     outputs = teacher_outputs(spec, target, train, device=device)
-    c = ScdMetric(cost).cost_matrix(outputs)
+    c = cost_matrix(outputs, cost)
     plan = exact_plan(outputs.joint.sum(axis=1), outputs.joint.sum(axis=0), c) if with_plan else None
     return TeacherContext(teacher_labels=list(spec.label_names), target_labels=list(target.class_names),
                           cost=c, plan=plan)

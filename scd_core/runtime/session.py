@@ -25,6 +25,7 @@ from scd_core.data.targets import TargetSet, extraction_dir, load_target
 from scd_core.errors import ScdError, TargetSetError, TeacherError
 from scd_core.fingerprint import bytes_sha256
 from scd_core.runtime.workspace import enforce_limit, subdir, workspace_dir
+from scd_core.sources import open_repository
 from scd_core.teachers.repository import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
@@ -269,7 +270,7 @@ def collect_teachers(sources: TeacherSources) -> CollectedTeachers:
 
     if sources.demo:
         try:
-            add(TeacherRepository.from_spec(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
+            add(open_repository(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
         except ScdError as exc:
             errors.append(str(exc))
     for folder in sources.folders:
