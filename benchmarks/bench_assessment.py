@@ -1,4 +1,4 @@
-"""Assessment benchmarks (issue 2): scale to a 21,843-class teacher, and cached re-rank speed.
+"""Assessment benchmarks: scale to a 21,843-class teacher, and cached re-rank speed.
 
 ``scale``: a real timm model (``test_resnet``) with a 21,843-way linear head scores 20,000 real PNG
 images of 100 target classes through the product path (loader, streaming pass, cache, all metrics);

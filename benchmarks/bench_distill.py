@@ -1,4 +1,4 @@
-"""Distillation benchmark (issue 4): every teacher of each demo world, every method, mean of 3 seeds.
+"""Distillation benchmark: every teacher of each demo world, every method, mean of 3 seeds.
 
 For each world, a student (the product's default: ``resnet10t``, default epochs and settings) is
 trained with ``ce`` (no teacher) and, from every teacher, with ``scd``, ``translate``, ``rkd`` and

@@ -1,4 +1,4 @@
-"""Ranking benchmark (issue 6, parts 1 and 2): is the ranking right, and what does it cost?
+"""Ranking benchmark: is the ranking right, and what does it cost?
 
 Per demo world, in one run:
 

@@ -468,7 +468,7 @@ class ScdMetric(Metric):
     ``form="contrast"`` (the default ``scd``, higher is better): :func:`contrastive_score_from_chunks`, the
     mean log-likelihood of each label under a Gibbs distribution of the OT costs from the prediction
     to every target class (a second, streamed pass over the stored logits, like LEEP).
-    ``form="cost"`` (``scd_cost``, lower is better): the SPEC's starting point, the mean OT cost from
+    ``form="cost"`` (``scd_cost``, lower is better): the plain form of the score, the mean OT cost from
     each prediction to its label, <J, C> (:func:`mean_label_cost`), from the joint alone.
 
     ``cost`` names a cost of the registry :data:`scd_core.ot.costs.COSTS` (``prototype``: cosine between

@@ -27,6 +27,7 @@ from scd_core.outputs.forward import teacher_outputs
 from scd_core.progress import ProgressFn, emit, scaled
 from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
+from scd_core.utils import finite_or_none
 
 __all__ = ["MetricInfo", "Ranking", "TeacherScore", "rank", "score_teacher", "stratified_prefix"]
 
@@ -165,18 +166,14 @@ class Ranking:
             "budget": self.budget,
             "teachers": [
                 {"name": t.name, "num_classes": int(t.num_classes), "images": int(t.images),
-                 "scores": {m: _finite(t.scores.get(m, math.nan)) for m in self.metrics},
-                 "intervals": {m: [_finite(t.intervals[m][0]), _finite(t.intervals[m][1])]
+                 "scores": {m: finite_or_none(t.scores.get(m, math.nan)) for m in self.metrics},
+                 "intervals": {m: [finite_or_none(t.intervals[m][0]), finite_or_none(t.intervals[m][1])]
                                for m in self.metrics if m in t.intervals}}
                 for t in self.teachers
             ],
             "near_ties": list(self.near_ties),
             "timing": dict(self.timing),
         }
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from scd_core.config import DEFAULTS, parse_device, settings
+from scd_core.config import DEFAULTS, check_environment, parse_device
 from scd_core.errors import ScdError
 from scd_core.incidents import user_message
 from scd_core.ot.costs import COSTS, DEFAULT_COST
@@ -171,8 +171,9 @@ def _add_distill_commands(sub) -> None:
 
 
 def _run(args: argparse.Namespace, bar: _Bar) -> None:
+    config = check_environment()  # a bad SCD_* value stops every command before any work
     if hasattr(args, "device") and args.device is None:
-        args.device = settings().device
+        args.device = config.device
     func: Callable = args.func
     result = func(args, bar)
     bar.close()

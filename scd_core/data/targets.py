@@ -1,6 +1,6 @@
 """Target sets: loading (folder, zip, CSV), validation, splits, fingerprints and datasets.
 
-Layouts accepted (SPEC, "Data formats"):
+Layouts accepted (the README's "Data formats"):
 
 - ImageFolder ``<root>/<class>/<image>``, or split folders ``<root>/{train,val,test}/<class>/...``,
   plus an optional ``<root>/unlabeled/`` folder of images without labels;

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from scd_core.distill.losses import Batch, TeacherContext, make_loss
 from scd_core.errors import ScdError
 from scd_core.runtime.workspace import subdir
 from scd_core.teachers.repository import TeacherSpec, save_teacher
+from scd_core.utils import slug
 
 DEFAULT_STUDENT = "resnet10t"
 STUDENT_MEAN = (0.5, 0.5, 0.5)
@@ -149,10 +149,6 @@ def accuracy(student: torch.nn.Module, images_u8: torch.Tensor, labels: torch.Te
         correct += int((logits.argmax(1).cpu() == labels[s:s + batch_size]).sum())
     student.train(was_training)
     return correct / labels.shape[0]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:40].strip("-") or "run"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +301,8 @@ def distill(
     test_acc = None
     if test:
         test_acc = accuracy(student, preload_images(test, size), torch.tensor([it.label for it in test]), dev)
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(cfg.method)}-{_slug(teacher.name if teacher else 'none')}" \
+    names = (slug(cfg.method, 40, "run"), slug(teacher.name if teacher else "none", 40, "run"))
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{names[0]}-{names[1]}" \
              f"-s{cfg.seed}-{int(time.time() * 1e6) % 1_000_000:06d}"
     out = Path(run_dir) if run_dir else subdir("runs") / run_id
     student_dir = save_teacher(

@@ -18,26 +18,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from scd_core.errors import ScdError
+from scd_core.utils import as_float64
 
 if TYPE_CHECKING:
     from scd_core.outputs.streaming import TeacherOutputs
 
 __all__ = ["COSTS", "DEFAULT_COST", "Cost", "conditional_cost", "cost_matrix", "get_cost", "prototype_cost",
            "register_cost", "rescale_unit"]
-
-
-def _as_float64(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
-    if isinstance(x, torch.Tensor):  # any dtype (bfloat16 has no numpy equivalent) and device
-        x = x.detach().to(device="cpu", dtype=torch.float64).numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
 
 
 def prototype_cost(
@@ -75,10 +64,10 @@ def prototype_cost(
     -------
     C : ndarray, shape (K_t, K_s), float64, values in [0, 1]
     """
-    w = _as_float64(head_weight, "head_weight", 2)
-    sums = _as_float64(class_feature_sums, "class_feature_sums", 2)
-    counts = _as_float64(class_counts, "class_counts", 1)
-    mean = _as_float64(feature_mean, "feature_mean", 1)
+    w = as_float64(head_weight, name="head_weight", ndim=2, finite=True)
+    sums = as_float64(class_feature_sums, name="class_feature_sums", ndim=2, finite=True)
+    counts = as_float64(class_counts, name="class_counts", ndim=1, finite=True)
+    mean = as_float64(feature_mean, name="feature_mean", ndim=1, finite=True)
     d = w.shape[1]
     if sums.shape[1] != d or mean.shape[0] != d:
         raise ValueError(
@@ -136,7 +125,7 @@ def conditional_cost(joint: np.ndarray, smoothing: float = 1e-3) -> np.ndarray:
     -------
     C : ndarray, shape (K_t, K_s), float64, values in [0, 1]
     """
-    J = _as_float64(joint, "joint", 2)
+    J = as_float64(joint, name="joint", ndim=2, finite=True)
     if np.any(J < 0):
         raise ValueError("joint must be non-negative")
     if not smoothing >= 0:
