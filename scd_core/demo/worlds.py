@@ -19,12 +19,12 @@ Sizes: ``full`` (the demo; about 60 s of one CPU core per world, teacher trainin
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
+from scd_core.config import settings
 from scd_core.demo.common import (
     BUILD_THREADS,
     MANIFEST_NAME,
@@ -116,7 +116,7 @@ def world_dir(name: str, size: str | None = None) -> Path:
     """Where :func:`ensure_world` keeps world ``name`` of ``size`` in the workspace."""
     from scd_core.runtime.workspace import subdir
 
-    size = _check_size(size or os.environ.get("SCD_DEMO_SIZE", "full"))
+    size = _check_size(size or settings().demo_size)
     return subdir("demo") / f"{_check_name(name)}-{size}-v{VERSION}"
 
 
@@ -127,7 +127,7 @@ def ensure_world(name: str, *, size: str | None = None, progress: ProgressFn | N
     concurrent callers wait for one build instead of building twice.
     """
     name = _check_name(name)
-    size = _check_size(size or os.environ.get("SCD_DEMO_SIZE", "full"))
+    size = _check_size(size or settings().demo_size)
     root = world_dir(name, size)
     if is_world(root):
         return open_world(root)
