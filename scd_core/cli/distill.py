@@ -37,14 +37,23 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
     from scd_core.assess.validate import validate
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.report:
+        from scd_core.viz.figures import check_report_path
+
+        check_report_path(args.report)  # before the students are trained, not after
     done = {"n": 0}
 
     def progress(event: dict) -> None:
         done["n"] += 1
         bar.legacy(0.0, f"{event['teacher']} {event['method']} seed {event['seed']}: {event['accuracy']:.3f}")
 
-    return validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
-                    config=_config(args, args.method), device=args.device, progress=progress)
+    result = validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
+                      config=_config(args, args.method), device=args.device, progress=progress)
+    if args.report:
+        from scd_core.viz.figures import validation_scatter, write_figure
+
+        result["report"] = write_figure(validation_scatter(result), args.report)
+    return result
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
@@ -77,5 +86,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--method", default="scd", choices=list(METHODS))
     p.add_argument("--metrics", default="scd,leep,nce,logme,hscore")
+    p.add_argument("--report", metavar="FILE",
+                   help="also write a scatter of score vs student accuracy per metric (.html; .png with kaleido)")
     _training_options(p)
     p.set_defaults(func=cmd_validate)
