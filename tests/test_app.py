@@ -57,8 +57,9 @@ def upload_target(at: AppTest, name: str, data: bytes) -> AppTest:
     return clean(at.run())
 
 
-def wait_for_runs(at: AppTest, limit: float = 120) -> AppTest:
-    """Drive the polling fragment with ``run()`` until no run is in progress."""
+def wait_for_runs(at: AppTest, limit: float = 600) -> AppTest:
+    """Drive the polling fragment with ``run()`` until no run is in progress (runs start in a worker process,
+    which imports torch first: slow on a loaded machine)."""
     deadline = time.time() + limit
     while time.time() < deadline:
         clean(at.run())
