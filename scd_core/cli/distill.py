@@ -23,7 +23,7 @@ def cmd_distill(args: argparse.Namespace, bar) -> dict:
 
     def progress(event: dict) -> None:
         if "step" in event and event.get("steps"):
-            bar(event["step"] / event["steps"], f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}")
+            bar.legacy(event["step"] / event["steps"], f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}")
 
     result = distill(target, teacher, _config(args, args.method), progress=progress, run_dir=args.out)
     return {"history": [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_acc": h["val_acc"]}
@@ -40,7 +40,7 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
 
     def progress(event: dict) -> None:
         done["n"] += 1
-        bar(0.0, f"{event['teacher']} {event['method']} seed {event['seed']}: {event['accuracy']:.3f}")
+        bar.legacy(0.0, f"{event['teacher']} {event['method']} seed {event['seed']}: {event['accuracy']:.3f}")
 
     return validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
                     config=_config(args, args.method), device=args.device, progress=progress)
