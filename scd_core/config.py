@@ -29,6 +29,7 @@ LOGGER = logging.getLogger(__name__)
 
 DEMO_WORLDS = ("shapes", "digits")  # the names of scd_core.demo.worlds.WORLDS (a test keeps them equal)
 DEMO_SIZES = ("full", "small")
+EXECUTOR_NAMES = ("local", "ray")  # the backends of scd_core.runtime.executors
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -55,6 +56,7 @@ class Settings:
     max_jobs: int
     session_grace_s: float
     ray_address: str | None
+    executor: str
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,6 +177,9 @@ FIELDS: tuple[Field, ...] = (
           "how long the app keeps a closed browser session's jobs and files before removing them", "60"),
     Field("ray_address", "RAY_ADDRESS", _text, None, "a Ray cluster address (the Ray convention)",
           "cluster of the `ray` executor", "a local Ray instance"),
+    Field("executor", "SCD_EXECUTOR", _choice(EXECUTOR_NAMES), "local", "one of " + ", ".join(EXECUTOR_NAMES),
+          "where the app runs rankings and validations (`ray`: on the Ray cluster, also chosen when "
+          "`RAY_ADDRESS` is set)", "local"),
 )
 FIELD_BY_ENV = {f.env: f for f in FIELDS}
 

@@ -250,3 +250,23 @@ def teacher_outputs(
             logits_file.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_shared_decode(target: TargetSet, specs: Sequence[TeacherSpec], items: Sequence[TargetItem] | None = None,
+                          *, num_workers: int | None = None, progress: Progress | None = None) -> int:
+    """Build (or find) the decoded store of every distinct eval geometry among ``specs``; returns their count.
+
+    Called before fanning teachers out to workers that share this cache, so that the images are
+    decoded once here rather than by several tasks at the same time.
+    """
+    items = list(target.assessment_items if items is None else items)
+    items_fp = target.items_fingerprint(items)
+    seen: dict[str, object] = {}
+    for spec in specs:
+        geometry = split_transform(eval_transform(spec)[0])
+        if geometry is not None and geometry.fingerprint not in seen:
+            seen[geometry.fingerprint] = geometry
+    workers = default_num_workers(len(items)) if num_workers is None else num_workers
+    for geometry in seen.values():
+        decoded_store(items, items_fp, geometry, num_workers=workers, progress=progress)
+    return len(seen)
