@@ -117,3 +117,17 @@ def test_validate_runs_each_student_as_a_task(cluster, world):
     assert "failures" not in report
     assert len(report["teachers"]) == 2 and all(len(t["accuracies"]) == 1 for t in report["teachers"])
     assert len(report["baseline_ce"]["accuracies"]) == 1
+
+
+def test_app_sidebar_shows_the_cluster_when_the_operator_asks(cluster, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("SCD_EXECUTOR", "ray")
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    text = [m.value for m in at.sidebar.markdown] + [c.value for c in at.sidebar.caption]
+    assert any("Runs on:** Ray (local instance)" in t for t in text), text
+    assert any("2 CPU" in t and "no GPU" in t for t in text), text
