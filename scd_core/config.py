@@ -227,10 +227,14 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(k for k in environ if k.startswith("SCD_") and k not in FIELD_BY_ENV)
 
 
+_WARNED: set[tuple[str, ...]] = set()
+
+
 def check_environment() -> Settings:
-    """Validate the settings at start-up (raises ScdError) and warn about unknown ``SCD_*`` variables."""
-    unknown = unknown_variables()
-    if unknown:
+    """Validate the settings at start-up (raises ScdError) and warn, once, about unknown ``SCD_*`` variables."""
+    unknown = tuple(unknown_variables())
+    if unknown and unknown not in _WARNED:
+        _WARNED.add(unknown)
         LOGGER.warning("unknown settings ignored: %s (known: %s)", ", ".join(unknown),
                        ", ".join(f.env for f in FIELDS if f.env.startswith("SCD_")))
     return settings()
@@ -245,3 +249,15 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":  # pragma: no cover - prints the README table
     print(markdown_table())
+
+
+def worker_environment(import_path: str | None = None) -> dict[str, str]:
+    """Variables a worker process started for this one must see: every setting of :data:`FIELDS` that is set,
+    ``HF_HUB_OFFLINE``, and a ``PYTHONPATH`` that starts with ``import_path`` (where this project is)."""
+    env = {spec.env: os.environ[spec.env] for spec in FIELDS if os.environ.get(spec.env)}
+    if os.environ.get("HF_HUB_OFFLINE"):
+        env["HF_HUB_OFFLINE"] = os.environ["HF_HUB_OFFLINE"]
+    path = [p for p in (import_path, os.environ.get("PYTHONPATH")) if p]
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(path)
+    return env

@@ -7,6 +7,7 @@ import argparse
 from scd_core.cli.executor import add_executor_options
 from scd_core.distill.losses import METHODS
 from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.ot.costs import COSTS
 
 
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
@@ -16,8 +17,8 @@ def _config(args: argparse.Namespace, method: str) -> DistillConfig:
 
 
 def cmd_distill(args: argparse.Namespace, bar) -> dict:
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.distill.trainer import distill
+    from scd_core.sources import as_repository, as_target
 
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
@@ -45,6 +46,10 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
     from scd_core.assess.validate import validate
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.report:
+        from scd_core.viz.figures import check_report_path
+
+        check_report_path(args.report)  # before the students are trained, not after
     done = {"n": 0}
 
     def progress(event: dict) -> None:
@@ -54,8 +59,14 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
     from scd_core.cli.executor import open_executor
 
     with open_executor(args) as executor:
-        return validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
-                        config=_config(args, args.method), device=args.device, progress=progress, executor=executor)
+        result = validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
+                          config=_config(args, args.method), device=args.device, progress=progress,
+                          executor=executor)
+    if args.report:
+        from scd_core.viz.figures import validation_scatter, write_figure
+
+        result["report"] = write_figure(validation_scatter(result), args.report)
+    return result
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
@@ -67,7 +78,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--eps", type=float, default=DistillConfig.eps,
                    help="entropic regularisation of the scd loss, relative to the cost range")
-    p.add_argument("--cost", default=DistillConfig.cost, choices=["prototype", "conditional"],
+    p.add_argument("--cost", default=DistillConfig.cost, choices=list(COSTS),
                    help="teacher-to-target cost of the scd loss")
     p.add_argument("--image-size", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -89,6 +100,8 @@ def add_commands(sub, common) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--method", default="scd", choices=list(METHODS))
     p.add_argument("--metrics", default="scd,leep,nce,logme,hscore")
+    p.add_argument("--report", metavar="FILE",
+                   help="also write a scatter of score vs student accuracy per metric (.html; .png with kaleido)")
     _training_options(p)
     add_executor_options(p)
     p.set_defaults(func=cmd_validate)

@@ -23,7 +23,7 @@ import ray
 from ray import exceptions as ray_exceptions
 
 from scd_core.errors import ScdError
-from scd_core.runtime.executors import Executor, Resources, WorkerLost
+from scd_core.runtime.executors import Executor, Resources, WorkerLost, _init_worker
 
 __all__ = ["RayExecutor"]
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the scd_core package
@@ -36,10 +36,7 @@ _LOST = tuple(getattr(ray_exceptions, name) for name in (
 
 def _call(fn: Callable[..., Any], torch_threads: int, args: tuple, kwargs: dict) -> Any:
     """Inside the Ray worker: pin torch's threads to the task's CPUs, then run the task."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
-    import torch
-
-    torch.set_num_threads(torch_threads)
+    _init_worker(torch_threads)
     return fn(*args, **kwargs)
 
 
@@ -57,7 +54,7 @@ class RayExecutor(Executor):
                  object_store_memory: int = 256 << 20) -> None:
         if cpus_per_task < 1:
             raise ScdError("ray executor: cpus_per_task must be >= 1")
-        from scd_core.config import settings
+        from scd_core.config import settings, worker_environment
 
         self.address = address if address is not None else settings().ray_address
         self.cpus_per_task = int(cpus_per_task)
@@ -71,8 +68,7 @@ class RayExecutor(Executor):
                     cpus = num_cpus if num_cpus is not None else min(2, os.cpu_count() or 1)
                     # the workers of a local instance see this process's settings (cache, workspace)
                     # and import this copy of the project
-                    env = {k: v for k, v in os.environ.items() if k.startswith("SCD_") or k == "HF_HUB_OFFLINE"}
-                    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+                    env = worker_environment(_PROJECT_ROOT)
                     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                              object_store_memory=object_store_memory, runtime_env={"env_vars": env})
                     self._started_here = True
