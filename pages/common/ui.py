@@ -23,6 +23,7 @@ from typing import Any
 
 import streamlit as st
 
+from pages.common.cluster import sidebar_cluster
 from scd_core import ScdError
 from scd_core.config import check_environment, settings
 from scd_core.incidents import user_message
@@ -176,6 +177,7 @@ def setup_app() -> None:
 def _sidebar() -> None:
     with st.sidebar:
         st.markdown(f"**Device in use:** `{device_label(device())}`")
+        sidebar_cluster()
         label = st.session_state.get("target_label")
         if label:
             st.markdown(f"**Target set:** {label}")
