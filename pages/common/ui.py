@@ -23,6 +23,7 @@ from typing import Any
 
 import streamlit as st
 
+from pages.common.cluster import sidebar_cluster
 from scd_core import ScdError
 from scd_core.config import check_environment, settings
 from scd_core.incidents import user_message
@@ -176,6 +177,7 @@ def setup_app() -> None:
 def _sidebar() -> None:
     with st.sidebar:
         st.markdown(f"**Device in use:** `{device_label(device())}`")
+        sidebar_cluster()
         label = st.session_state.get("target_label")
         if label:
             st.markdown(f"**Target set:** {label}")
@@ -277,15 +279,17 @@ def _stamp(path: Path) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _load_target_cached(spec: str, extract_dir: str | None, stamp: str):
-    from scd_core.data.targets import load_target
+    from scd_core.sources import load_target
 
     return load_target(spec, extract_dir=Path(extract_dir) if extract_dir else None)
 
 
 def load_target_spec(spec: str):
     """The validated target set of ``spec`` (cached per spec and file stamp). Raises TargetSetError."""
-    if spec.startswith("demo:"):
-        world = spec[len("demo:"):]
+    from scd_core.sources import parse_source
+
+    kind, world = parse_source(spec)
+    if kind == "demo":
         ensure_demo(world)
         from scd_core.demo.worlds import world_dir
 
