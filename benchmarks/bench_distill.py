@@ -1,4 +1,4 @@
-"""Distillation benchmark (issue 4): every teacher of each demo world, every method, mean of 3 seeds.
+"""Distillation benchmark: every teacher of each demo world, every method, mean of 3 seeds.
 
 For each world, a student (the product's default: ``resnet10t``, default epochs and settings) is
 trained with ``ce`` (no teacher) and, from every teacher, with ``scd``, ``translate``, ``rkd`` and
@@ -23,9 +23,9 @@ METHODS = ("scd", "translate", "rkd", "kd")
 
 
 def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | None) -> dict:
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.distill.trainer import DistillConfig, distill
     from scd_core.errors import ScdError
+    from scd_core.sources import as_repository, as_target
 
     target_dir, teachers_dir = worlds.world_paths(name, size, root)
     target, repo = as_target(target_dir), as_repository(teachers_dir)

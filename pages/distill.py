@@ -14,7 +14,7 @@ from pages.common import ui
 from scd_core import ScdError
 from scd_core.distill.losses import METHODS
 from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
-from scd_core.runtime.jobs import distill_job
+from scd_core.runtime.jobs import JobSnapshot, JobStatus, submit_distill
 from scd_core.runtime.session import session_dir, zip_folder
 from scd_core.viz.figures import run_comparison, training_curves
 
@@ -36,7 +36,7 @@ st.markdown(
 
 target = ui.require_target()
 repo = ui.require_repository()
-manager = ui.job_manager()
+store = ui.job_store()
 sid = ui.session_id()
 
 # ------------------------------------------------------------------------------------------------
@@ -90,80 +90,104 @@ if start:
                 meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
                         "seed": int(seed), "target": target.name, "target_fp": target.fingerprint,
                         "run_dir": str(run_dir)}
+                source = ui.target_spec()
+                extract = str(session_dir(sid, "targets")) if source.lower().endswith(".zip") else None
                 try:
-                    manager.submit(sid, distill_job(target, spec, config, run_dir), label=label, kind="distill",
-                                   meta=meta)
+                    submit_distill(store, sid, target=source, extract_dir=extract, teacher=spec, config=config,
+                                   run_dir=run_dir, label=label, meta=meta, target_name=target.name)
                 except ScdError as exc:
                     ui.show_error(exc)
                     break
                 started += 1
         if started:
+            ui.dispatcher().kick()
             st.session_state["runs_started"] = started
             st.rerun()  # the sidebar and the poller pick up the new runs
 if st.session_state.pop("runs_started", 0):
     st.toast("Runs started: they continue while you browse the other pages.")
 
 # ------------------------------------------------------------------------------------------------
-# Runs: a fragment that polls the job manager every second while something runs
+# Runs: a fragment that polls the job store every second while something runs
 # ------------------------------------------------------------------------------------------------
 
 
-def _runs() -> list[dict]:
-    return [j for j in manager.jobs(sid) if j["kind"] == "distill"]
+def _runs() -> list[JobSnapshot]:
+    return store.jobs(sid, kind="distill")
 
 
 def _cancel(job_id: str) -> None:
-    manager.cancel(sid, job_id)
+    store.request_cancel(job_id, session=sid)
+    ui.dispatcher().kick()
 
 
-def _live(jobs: list[dict]) -> None:
-    active = [j for j in jobs if j["active"]]
-    if active:
-        st.subheader(f"Running ({len(active)})")
-        for job in active:
-            cols = st.columns([5, 1], vertical_alignment="bottom")
-            with cols[0]:
-                status = "waiting for a worker" if job["status"] == "queued" else job["message"]
-                st.progress(job["progress"], text=f"**{job['label']}** · {status}")
-            with cols[1]:
-                st.button("Cancel", key=f"cancel-{job['id']}", on_click=_cancel, args=(job["id"],),
-                          disabled=job["status"] == "cancelling")
-    for job in [j for j in jobs if j["status"] == "failed"][-5:]:
-        st.error(f"{job['label']}: {job['error']}", icon=":material/block:")
-    with_history = [j for j in jobs if j["history"] and j["meta"].get("target_fp") == target.fingerprint]
+def _restart(job_id: str) -> None:
+    if store.restart(sid, job_id):
+        ui.dispatcher().kick()
+
+
+def _live(jobs: list[JobSnapshot]) -> None:
+    running = [j for j in jobs if j.status in (JobStatus.RUNNING, JobStatus.CANCELLING)]
+    queued = [j for j in jobs if j.status == JobStatus.QUEUED]
+    places = {job.id: slot for job, slot in store.queue("train") if job.session == sid}
+    if running:
+        st.subheader(f"Running ({len(running)})")
+        for job in running:
+            _progress_row(job, job.message)
+    if queued:
+        st.subheader(f"Queued ({len(queued)})")
+        for job in queued:
+            slot = places.get(job.id)
+            _progress_row(job, slot.reason() if slot is not None else "waiting for a worker")
+    for job in [j for j in jobs if j.status in (JobStatus.FAILED, JobStatus.INTERRUPTED)][-5:]:
+        cols = st.columns([5, 1], vertical_alignment="center")
+        with cols[0]:
+            st.error(f"{job.label} ({job.status}): {job.error}", icon=":material/block:")
+        with cols[1]:
+            st.button("Restart", key=f"restart-{job.id}", on_click=_restart, args=(job.id,),
+                      help="Queue this run again with the same settings (its partial history stays here).")
+    with_history = [j for j in jobs if j.history and j.meta.get("target_fp") == target.fingerprint]
     if with_history:
-        curves = [{"label": j["label"], "history": j["history"], "baseline": j["meta"].get("method") == "ce"}
+        curves = [{"label": j.label, "history": j.history, "baseline": j.meta.get("method") == "ce"}
                   for j in with_history[-12:]]
-        st.plotly_chart(training_curves(curves, title="Training curves" + (" (live)" if active else "")),
+        st.plotly_chart(training_curves(curves, title="Training curves" + (" (live)" if running else "")),
                         key="dist_curves")
-    elif not active:
+    elif not running and not queued:
         st.info("No runs yet: choose teachers and methods above and press **Start runs**.")
 
 
-def _baseline(job: dict, done: list[dict]) -> float | None:
+def _progress_row(job: JobSnapshot, text: str) -> None:
+    cols = st.columns([5, 1], vertical_alignment="bottom")
+    with cols[0]:
+        st.progress(job.progress, text=f"**{job.label}** · {text}")
+    with cols[1]:
+        st.button("Cancel", key=f"cancel-{job.id}", on_click=_cancel, args=(job.id,),
+                  disabled=job.status == JobStatus.CANCELLING)
+
+
+def _baseline(job: JobSnapshot, done: list[JobSnapshot]) -> float | None:
     """Validation accuracy of the latest ce run with the same student, epochs and seed."""
-    meta = job["meta"]
+    meta = job.meta
     for other in reversed(done):
-        m = other["meta"]
-        if m.get("method") == "ce" and other["status"] == "finished" and all(
+        m = other.meta
+        if m.get("method") == "ce" and other.status == JobStatus.FINISHED and all(
                 m.get(k) == meta.get(k) for k in ("student", "epochs", "seed")):
-            return other["result"]["val_acc"]
+            return other.result["val_acc"]
     return None
 
 
-def _comparison(jobs: list[dict]) -> None:
-    done = [j for j in jobs if j["status"] in ("finished", "cancelled") and j["result"]
-            and j["meta"].get("target_fp") == target.fingerprint]
+def _comparison(jobs: list[JobSnapshot]) -> None:
+    done = [j for j in jobs if j.status in (JobStatus.FINISHED, JobStatus.CANCELLED) and j.result
+            and j.meta.get("target_fp") == target.fingerprint]
     if not done:
         return
     st.header("Compare against the ce baseline")
     rows = []
     for job in done:
-        result, meta = job["result"], job["meta"]
+        result, meta = job.result, job.meta
         base = _baseline(job, done) if meta.get("method") != "ce" else None
         rows.append({
-            "run": job["label"], "teacher": meta.get("teacher") or "—", "method": meta.get("method"),
-            "student": meta.get("student"), "epochs": len(result.get("history", [])), "status": job["status"],
+            "run": job.label, "teacher": meta.get("teacher") or "—", "method": meta.get("method"),
+            "student": meta.get("student"), "epochs": len(result.get("history", [])), "status": str(job.status),
             "val_acc": result.get("val_acc"), "test_acc": result.get("test_acc"),
             "Δ val vs ce": result.get("val_acc") - base if base is not None else None,
         })
@@ -182,31 +206,31 @@ def _comparison(jobs: list[dict]) -> None:
                         key="dist_compare")
 
 
-def _history(jobs: list[dict]) -> None:
+def _history(jobs: list[JobSnapshot]) -> None:
     if not jobs:
         return
     st.header("Run history (this session)")
     st.dataframe(pd.DataFrame([{
-        "started": datetime.fromtimestamp(j["started"] or j["created"]).strftime("%H:%M:%S"),
-        "run": j["label"], "target": j["meta"].get("target"), "status": j["status"],
-        "epochs done": len(j["history"]), "val_acc": (j["result"] or {}).get("val_acc"),
-        "test_acc": (j["result"] or {}).get("test_acc"), "seconds": round(j["elapsed"], 1),
-        "message": j["error"] or j["message"],
+        "started": datetime.fromtimestamp(j.started or j.created).strftime("%H:%M:%S"),
+        "run": j.label, "target": j.meta.get("target"), "status": str(j.status),
+        "epochs done": len(j.history), "val_acc": (j.result or {}).get("val_acc"),
+        "test_acc": (j.result or {}).get("test_acc"), "seconds": round(j.elapsed, 1),
+        "message": j.error or j.message,
     } for j in reversed(jobs)]), width="stretch", hide_index=True, column_config={
         "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
         "test_acc": st.column_config.NumberColumn("test acc", format="percent")})
 
 
-was_active = any(j["active"] for j in _runs())
+was_active = any(j.active for j in store.jobs(sid, kind="distill", history=False))
 
 
 def runs_section() -> None:
-    """Live progress with cancel buttons, curves, the comparison with ce and the history."""
+    """Live progress with cancel buttons, queue places, curves, the comparison with ce and the history."""
     jobs = _runs()
     _live(jobs)
     _comparison(jobs)
     _history(jobs)
-    if was_active and not any(j["active"] for j in jobs):
+    if was_active and not any(j.active for j in jobs):
         st.rerun(scope="app")  # refresh the downloads and the sidebar
 
 
@@ -217,18 +241,18 @@ st.fragment(runs_section, run_every="1s" if was_active else None)()
 # Downloads (outside the poller: a student is zipped only when shown)
 # ------------------------------------------------------------------------------------------------
 
-downloadable = [j for j in _runs() if j["status"] in ("finished", "cancelled") and j["result"]
-                and Path(j["result"].get("student_dir", "")).is_dir()]
+downloadable = [j for j in _runs() if j.status in (JobStatus.FINISHED, JobStatus.CANCELLED) and j.result
+                and Path(j.result.get("student_dir", "")).is_dir()]
 if downloadable:
     st.subheader("Download a student")
-    labels = {j["id"]: f"{j['label']} (val {j['result']['val_acc']:.1%}, {j['status']})" for j in downloadable}
+    labels = {j.id: f"{j.label} (val {j.result['val_acc']:.1%}, {j.status})" for j in downloadable}
     ui.valid_choice("w_dist_download", list(labels))
     choice = st.selectbox("Run", list(labels), format_func=labels.get, key="w_dist_download")
-    job = next(j for j in downloadable if j["id"] == choice)
+    job = next(j for j in downloadable if j.id == choice)
     st.caption("A teacher folder (config.json + model.safetensors): loads with plain timm and can join a "
                "teacher repository.")
     try:
-        data = zip_folder(Path(job["result"]["student_dir"]), arcname=f"student-{job['meta'].get('method')}-{choice}")
+        data = zip_folder(Path(job.result["student_dir"]), arcname=f"student-{job.meta.get('method')}-{choice}")
     except ScdError as exc:
         ui.show_error(exc)
     else:

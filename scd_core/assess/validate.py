@@ -9,6 +9,7 @@ Kendall tau, Pearson r, and the top-1 relative accuracy acc(top-scored) / max ac
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -17,10 +18,13 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from scd_core.assess.ranking import as_repository, as_target, rank
+from scd_core.assess.ranking import rank
 from scd_core.data.targets import TargetSet
 from scd_core.distill.trainer import DistillConfig, distill
-from scd_core.teachers.repository import TeacherRepository
+from scd_core.runtime.executors import Executor
+from scd_core.sources import as_repository, as_target
+from scd_core.teachers.repository import TeacherRepository, TeacherSpec
+from scd_core.utils import finite_or_none
 
 
 def ranking_agreement(scores: np.ndarray, accuracy: np.ndarray, higher_is_better: bool) -> dict[str, float | None]:
@@ -32,15 +36,12 @@ def ranking_agreement(scores: np.ndarray, accuracy: np.ndarray, higher_is_better
     if s.size < 2:
         return {"weighted_tau": None, "kendall_tau": None, "pearson": None, "top1_relative_accuracy": None}
 
-    def clean(x: float) -> float | None:
-        return float(x) if np.isfinite(x) else None
-
     constant = np.ptp(s) == 0 or np.ptp(acc) == 0
     return {
-        "weighted_tau": None if constant else clean(stats.weightedtau(s, acc).statistic),
-        "kendall_tau": None if constant else clean(stats.kendalltau(s, acc).statistic),
-        "pearson": None if constant else clean(stats.pearsonr(s, acc).statistic),
-        "top1_relative_accuracy": clean(acc[int(np.argmax(s))] / acc.max()) if acc.max() > 0 else None,
+        "weighted_tau": None if constant else finite_or_none(stats.weightedtau(s, acc).statistic),
+        "kendall_tau": None if constant else finite_or_none(stats.kendalltau(s, acc).statistic),
+        "pearson": None if constant else finite_or_none(stats.pearsonr(s, acc).statistic),
+        "top1_relative_accuracy": finite_or_none(acc[int(np.argmax(s))] / acc.max()) if acc.max() > 0 else None,
     }
 
 
@@ -56,32 +57,53 @@ def validate(
     device: str = "auto",
     progress: Callable[[dict], None] | None = None,
     cancel: threading.Event | None = None,
+    executor: Executor | None = None,
 ) -> dict:
-    """Distill from each teacher over ``seeds`` seeds and score the ranking of every metric."""
+    """Distill from each teacher over ``seeds`` seeds and score the ranking of every metric.
+
+    With an ``executor`` the ranking fans out like :func:`~scd_core.assess.ranking.rank`'s and every
+    student (teacher x seed, and the baseline's seeds) is one task; a student whose task failed is
+    left out of its teacher's mean and listed in ``failures`` as ``"<teacher> seed <s>"``.
+    """
     target, repo = as_target(target), as_repository(repo)
     base = config or DistillConfig(device=device)
-    ranking = rank(target, repo, metrics=metrics, device=device)
+    ranking = rank(target, repo, metrics=metrics, device=device, executor=executor)
     names = ranking.names[:top] if top else ranking.names
     split = "test" if target.split("test") else "val"
+    jobs = [(name, base.method, seed) for name in names for seed in range(seeds)]
+    if include_baseline:
+        jobs += [(None, "ce", seed) for seed in range(seeds)]
+    accuracies: dict[str | None, list[float]] = {name: [] for name in [*names, None]}
+    failures: dict[str, str] = {}
 
-    def run(teacher, method: str) -> list[float]:
-        accs = []
-        for seed in range(seeds):
+    def record(name: str | None, method: str, seed: int, accuracy: float) -> None:
+        accuracies[name].append(accuracy)
+        if progress:
+            progress({"teacher": name, "method": method, "seed": seed, "accuracy": accuracy})
+
+    if executor is None:
+        for name, method, seed in jobs:
             if cancel is not None and cancel.is_set():
                 break
-            cfg = replace(base, method=method, seed=seed)
-            res = distill(target, teacher, cfg, cancel=cancel)
-            accs.append(res.test_acc if split == "test" else res.val_acc)
-            if progress:
-                progress({"teacher": teacher.name if teacher else None, "method": method, "seed": seed,
-                          "accuracy": accs[-1]})
-        return accs
+            teacher = repo.get(name) if name else None
+            res = distill(target, teacher, replace(base, method=method, seed=seed), cancel=cancel)
+            record(name, method, seed, res.test_acc if split == "test" else res.val_acc)
+    else:
+        task = functools.partial(_student_task, target, base, split)
+        items = [(repo.get(name) if name else None, method, seed) for name, method, seed in jobs]
+        labels = [f"{name or 'baseline'} seed {seed}" for name, _, seed in jobs]
+        for (name, method, seed), label, outcome in zip(
+                jobs, labels, executor.map(task, items, names=labels)):
+            if outcome.ok:
+                record(name, method, seed, outcome.value)
+            else:
+                failures[label] = outcome.error or "failed"
 
     rows = []
     for name in names:
-        accs = run(repo.get(name), base.method)
+        accs = accuracies[name]
         scores = ranking.get(name).scores
-        rows.append({"name": name, "scores": {m: _num(scores[m]) for m in ranking.metrics},
+        rows.append({"name": name, "scores": {m: finite_or_none(scores[m]) for m in ranking.metrics},
                      "accuracies": accs, "accuracy_mean": float(np.mean(accs)) if accs else None,
                      "accuracy_std": float(np.std(accs)) if accs else None})
     acc = np.array([r["accuracy_mean"] if r["accuracy_mean"] is not None else np.nan for r in rows])
@@ -101,10 +123,16 @@ def validate(
         "metrics": agreement,
     }
     if include_baseline:
-        ce = run(None, "ce")
+        ce = accuracies[None]
         result["baseline_ce"] = {"accuracies": ce, "accuracy_mean": float(np.mean(ce)) if ce else None}
+    if failures or ranking.failures:
+        result["failures"] = {**ranking.failures, **failures}
     return result
 
 
-def _num(x) -> float | None:
-    return float(x) if np.isfinite(x) else None
+def _student_task(target: TargetSet, base: DistillConfig, split: str,
+                  job: tuple[TeacherSpec | None, str, int]) -> float:
+    """One executor task: distill one student (``teacher`` None: the plain cross-entropy baseline)."""
+    teacher, method, seed = job
+    res = distill(target, teacher, replace(base, method=method, seed=seed))
+    return res.test_acc if split == "test" else res.val_acc

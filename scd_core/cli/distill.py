@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from scd_core.cli.executor import add_executor_options
 from scd_core.distill.losses import METHODS
 from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.ot.costs import COSTS
 
 
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
@@ -15,8 +17,8 @@ def _config(args: argparse.Namespace, method: str) -> DistillConfig:
 
 
 def cmd_distill(args: argparse.Namespace, bar) -> dict:
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.distill.trainer import distill
+    from scd_core.sources import as_repository, as_target
 
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
@@ -25,7 +27,15 @@ def cmd_distill(args: argparse.Namespace, bar) -> dict:
         if "step" in event and event.get("steps"):
             bar.legacy(event["step"] / event["steps"], f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}")
 
-    result = distill(target, teacher, _config(args, args.method), progress=progress, run_dir=args.out)
+    from scd_core.cli.executor import open_executor
+
+    with open_executor(args) as executor:
+        if executor is None:
+            result = distill(target, teacher, _config(args, args.method), progress=progress, run_dir=args.out)
+        else:  # one task on the executor (a GPU of the cluster when it has one); no per-epoch progress
+            bar.legacy(0.0, f"distilling on the {executor.name} executor")
+            result = executor.submit(distill, target, teacher, _config(args, args.method),
+                                     run_dir=args.out).result()
     return {"history": [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_acc": h["val_acc"]}
                         for h in result.history],
             "val_acc": result.val_acc, "test_acc": result.test_acc, "student_dir": result.student_dir,
@@ -46,8 +56,12 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
         done["n"] += 1
         bar.legacy(0.0, f"{event['teacher']} {event['method']} seed {event['seed']}: {event['accuracy']:.3f}")
 
-    result = validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
-                      config=_config(args, args.method), device=args.device, progress=progress)
+    from scd_core.cli.executor import open_executor
+
+    with open_executor(args) as executor:
+        result = validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
+                          config=_config(args, args.method), device=args.device, progress=progress,
+                          executor=executor)
     if args.report:
         from scd_core.viz.figures import validation_scatter, write_figure
 
@@ -64,7 +78,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--eps", type=float, default=DistillConfig.eps,
                    help="entropic regularisation of the scd loss, relative to the cost range")
-    p.add_argument("--cost", default=DistillConfig.cost, choices=["prototype", "conditional"],
+    p.add_argument("--cost", default=DistillConfig.cost, choices=list(COSTS),
                    help="teacher-to-target cost of the scd loss")
     p.add_argument("--image-size", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -77,6 +91,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("--method", default="scd", choices=list(METHODS))
     p.add_argument("--out", help="run folder (default: a new folder under the workspace)")
     _training_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("validate", help="distill from each teacher and check every metric's ranking")
@@ -88,4 +103,5 @@ def add_commands(sub, common) -> None:
     p.add_argument("--report", metavar="FILE",
                    help="also write a scatter of score vs student accuracy per metric (.html; .png with kaleido)")
     _training_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_validate)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from scd_core.distill.losses import Batch, TeacherContext, make_loss
 from scd_core.errors import ScdError
 from scd_core.runtime.workspace import subdir
 from scd_core.teachers.repository import TeacherSpec, save_teacher
+from scd_core.utils import slug
 
 DEFAULT_STUDENT = "resnet10t"
 STUDENT_MEAN = (0.5, 0.5, 0.5)
@@ -57,7 +57,7 @@ class DistillConfig:
     weight: float = 1.0  # lambda of the teacher term
     temperature: float = 4.0
     eps: float = 0.05  # entropic regularisation of the scd loss, relative to a [0, 1] cost
-    cost: str = "prototype"  # teacher-to-target cost of the scd loss: prototype or conditional
+    cost: str = "prototype"  # teacher-to-target cost of the scd loss: a name in scd_core.ot.costs.COSTS
     image_size: int | None = None  # default: from the data, 32..224
     flip: bool = False
     use_unlabeled: bool = True
@@ -151,10 +151,6 @@ def accuracy(student: torch.nn.Module, images_u8: torch.Tensor, labels: torch.Te
     return correct / labels.shape[0]
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:40].strip("-") or "run"
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
@@ -165,13 +161,13 @@ def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str
     """Cost (and, when asked, the exact dataset plan) of the teacher from its outputs on the labeled
     train images (never val/test). The plan is an exact OT solve over K_t x K_s: only ``translate``
     needs it, so it is not paid for by the other methods."""
-    from scd_core.assess.metrics import ScdMetric
+    from scd_core.ot.costs import cost_matrix
     from scd_core.ot.transport import exact_plan
     from scd_core.outputs.forward import teacher_outputs
 
     train = [it for it in target.split("train") if it.label >= 0]
     outputs = teacher_outputs(spec, target, train, device=device)
-    c = ScdMetric(cost).cost_matrix(outputs)
+    c = cost_matrix(outputs, cost)
     plan = exact_plan(outputs.joint.sum(axis=1), outputs.joint.sum(axis=0), c) if with_plan else None
     return TeacherContext(teacher_labels=list(spec.label_names), target_labels=list(target.class_names),
                           cost=c, plan=plan)
@@ -305,7 +301,8 @@ def distill(
     test_acc = None
     if test:
         test_acc = accuracy(student, preload_images(test, size), torch.tensor([it.label for it in test]), dev)
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(cfg.method)}-{_slug(teacher.name if teacher else 'none')}" \
+    names = (slug(cfg.method, 40, "run"), slug(teacher.name if teacher else "none", 40, "run"))
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{names[0]}-{names[1]}" \
              f"-s{cfg.seed}-{int(time.time() * 1e6) % 1_000_000:06d}"
     out = Path(run_dir) if run_dir else subdir("runs") / run_id
     student_dir = save_teacher(

@@ -10,11 +10,14 @@ behind. Nothing here imports streamlit.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import pickle
 import re
+import secrets
 import shutil
 import tempfile
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from scd_core.data.targets import TargetSet, extraction_dir, load_target
 from scd_core.errors import ScdError, TargetSetError, TeacherError
 from scd_core.fingerprint import bytes_sha256
 from scd_core.runtime.workspace import enforce_limit, subdir, workspace_dir
+from scd_core.sources import open_repository
 from scd_core.teachers.repository import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
@@ -36,12 +40,11 @@ from scd_core.teachers.repository import (
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PICKLE_SUFFIXES = frozenset({".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".onnx"})
-TEACHER_FILES_ALLOWED = frozenset({CONFIG_NAME, SAFETENSORS_NAME, "README.md", "readme.md", ".gitattributes",
-                                   "hub_models.txt", "LICENSE", "LICENSE.txt", "open_clip_config.json"})
 
 
 def new_session_id() -> str:
-    return uuid.uuid4().hex
+    """A new session id: 192 random bits (URL-safe), so ids cannot be guessed from one another."""
+    return secrets.token_urlsafe(24)
 
 
 def check_session_id(session_id: str) -> str:
@@ -59,6 +62,46 @@ def remove_session(session_id: str) -> None:
     """Delete everything a session uploaded or produced (called when its browser is gone)."""
     folder = workspace_dir() / "sessions" / check_session_id(session_id)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+STATE_NAME = "state.pkl"
+LOGGER = logging.getLogger(__name__)
+
+
+def save_session_state(session_id: str, state: dict, previous: str | None = None) -> str:
+    """Save a session's page state (target set, teachers, rankings) in its folder; returns its digest.
+
+    Nothing is written when the digest equals ``previous``. The file is written whole and renamed into
+    place. It is pickled: it only ever holds what this server put there, in the session's own folder.
+    """
+    try:
+        data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an entry that cannot be saved must not break the page
+        LOGGER.warning("session state not saved: %s", exc)
+        return previous or ""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != previous:
+        folder = session_dir(session_id)
+        tmp = Path(tempfile.mkstemp(prefix=f".{STATE_NAME}.", suffix=".part", dir=folder)[1])
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(folder / STATE_NAME)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return digest
+
+
+def load_session_state(session_id: str) -> dict:
+    """The page state saved for ``session_id`` ({} when none, or when it cannot be read)."""
+    path = workspace_dir() / "sessions" / check_session_id(session_id) / STATE_NAME
+    try:
+        state = pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:  # e.g. written by an older version whose classes changed
+        LOGGER.warning("session state of %s not restored: %s", session_id, exc)
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def server_paths_allowed() -> bool:
@@ -271,7 +314,7 @@ def collect_teachers(sources: TeacherSources) -> CollectedTeachers:
 
     if sources.demo:
         try:
-            add(TeacherRepository.from_spec(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
+            add(open_repository(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
         except ScdError as exc:
             errors.append(str(exc))
     for folder in sources.folders:
@@ -331,10 +374,3 @@ def zip_folder(folder: str | Path, arcname: str | None = None) -> bytes:
         for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             zf.write(file, f"{prefix}/{file.relative_to(folder).as_posix()}")
     return buffer.getvalue()
-
-
-def target_error_message(exc: Exception) -> str:
-    """A one-line message for an upload that failed (TargetSetError, TeacherError or an unexpected error)."""
-    if isinstance(exc, (TargetSetError, TeacherError, ScdError)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
