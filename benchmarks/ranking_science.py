@@ -162,11 +162,13 @@ def markdown(p: dict, truth: dict) -> str:
     share = truth.get("note", "")
     seeds_text = ", ".join(f"{w} {d['seeds']}" for w, d in truth["worlds"].items())
     lines = [
-        "# Ranking science: 16 worlds, tuned on 10, judged on 6 held out", "",
+        f"# Ranking science: {len(tuning) + len(held)} worlds with ground truth, settings chosen on {len(tuning)} "
+        f"tuning worlds, judged on {len(held)} held out", "",
         machine_line(truth["machine"]) + " " + share, "",
         f"Ground truth: test accuracy of the default `scd` student (`DistillConfig()`), mean of {truth['seeds']} "
         f"seed(s) per world (seeds per world: {seeds_text}), "
-        f"for each of 8 teachers in each world. Building the 16 worlds took {truth['build_s_sum']:.0f} s and the "
+        f"for each of 8 teachers in each world. Building the {len(suite.WORLDS)} worlds took "
+        f"{truth['build_s_sum']:.0f} s and the "
         f"students {truth['student_s_sum']:.0f} s of worker time (sum over tasks; 2-3 worker processes on a "
         "shared machine); `python benchmarks/bench_suite.py` builds and resumes both, `--collect` writes the "
         "table from what is cached. Scores and this table: `python benchmarks/ranking_science.py`.", "",

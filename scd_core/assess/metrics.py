@@ -732,8 +732,9 @@ METRICS: dict[str, Metric] = {
     for m in (ScdMetric("prototype"), ScdMetric("prototype", form="cost"),
               ScdMetric("conditional", form="cost", name="scd_conditional"),
               LeepMetric(), NceMetric(), LogmeMetric(), HscoreMetric(),
-              ScdEvidenceMetric("scd_fit"), ScdEvidenceMetric("scd_leep", evidence="leep"),
-              ScdEvidenceMetric("scd_plan", evidence="plan"))
+              # settings chosen on the tuning worlds of benchmarks/ranking_science.py
+              ScdEvidenceMetric("scd_fit", mix=0.0), ScdEvidenceMetric("scd_leep", evidence="leep", mix=0.5),
+              ScdEvidenceMetric("scd_plan", evidence="plan", mix=0.5, weight=0.5))
 }
 """Registry of metrics by name: scd, scd_cost, scd_conditional (mean cost), leep, nce, logme, hscore, and the
 SCD variants scd_fit (fitted temperature), scd_leep (plus LEEP evidence), scd_plan (plus the plan-mapped
