@@ -136,10 +136,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scd-bench-runtime-"))
     os.environ.update({"SCD_WORKSPACE": str(work / "ws"), "SCD_CACHE_DIR": str(work / "cache"),
                        "SCD_DEMO_SIZE": "small", "SCD_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"})
-    from scd_core.data.targets import load_target
     from scd_core.demo.worlds import ensure_world
     from scd_core.runtime.jobs import default_dispatcher, default_store
     from scd_core.runtime.settings import read_settings
+    from scd_core.sources import load_target
 
     ensure_world("shapes")
     target = load_target("demo:shapes")
