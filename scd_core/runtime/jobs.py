@@ -106,7 +106,9 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         def factory() -> Executor:
-            return get_executor(self.config.executor, workers=1, torch_threads=self.config.torch_threads)
+            if self.config.executor == "local":  # one process per slot, so a dying worker takes only its job
+                return get_executor("local", workers=1, torch_threads=self.config.torch_threads)
+            return get_executor(self.config.executor, cpus_per_task=self.config.torch_threads)
 
         self.slots = [_Slot("train", i, factory) for i in range(self.config.workers)]
         self.slots.append(_Slot("service", 0, factory))
