@@ -18,6 +18,7 @@ from scd_core.assess.validate import ranking_agreement, validate
 from scd_core.data.targets import load_target
 from scd_core.distill.losses import METHODS, Batch, TeacherContext, make_loss, ot_divergence
 from scd_core.distill.trainer import DistillConfig, distill
+from scd_core.progress import ProgressEvent
 from scd_core.teachers.repository import TeacherRepository, load_teacher, spec_from_folder
 
 CLASSES = {"red": 8, "green": 8, "blue": 8}
@@ -124,8 +125,8 @@ def test_cancel_stops_within_a_second_and_leaves_a_consistent_run(setup, tmp_pat
     cancel = threading.Event()
     seen: dict[str, float] = {}
 
-    def progress(event: dict) -> None:
-        if event.get("phase") == "training" and "t" not in seen:
+    def progress(event: ProgressEvent) -> None:
+        if event.phase == "training" and "t" not in seen:
             seen["t"] = time.perf_counter()
             cancel.set()
 

@@ -10,7 +10,7 @@ Kendall tau, Pearson r, and the top-1 relative accuracy acc(top-scored) / max ac
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from scipy import stats
 from scd_core.assess.ranking import as_repository, as_target, rank
 from scd_core.data.targets import TargetSet
 from scd_core.distill.trainer import DistillConfig, distill
+from scd_core.progress import ProgressFn, emit
 from scd_core.teachers.repository import TeacherRepository
 
 
@@ -54,7 +55,7 @@ def validate(
     config: DistillConfig | None = None,
     include_baseline: bool = True,
     device: str = "auto",
-    progress: Callable[[dict], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> dict:
     """Distill from each teacher over ``seeds`` seeds and score the ranking of every metric."""
@@ -72,9 +73,9 @@ def validate(
             cfg = replace(base, method=method, seed=seed)
             res = distill(target, teacher, cfg, cancel=cancel)
             accs.append(res.test_acc if split == "test" else res.val_acc)
-            if progress:
-                progress({"teacher": teacher.name if teacher else None, "method": method, "seed": seed,
-                          "accuracy": accs[-1]})
+            name = teacher.name if teacher else None
+            emit(progress, f"{name or '-'} {method} seed {seed}: {accs[-1]:.3f}", None, "run", teacher=name,
+                 method=method, seed=seed, accuracy=accs[-1])
         return accs
 
     rows = []

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from scd_core.distill.config import DEFAULT_STUDENT, WEIGHTINGS, DistillConfig
 from scd_core.distill.losses import METHODS
-from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.distill.optim import OPTIMIZERS
+from scd_core.progress import ProgressEvent
 
 
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
     return DistillConfig(method=method, student=args.student, epochs=args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, weight=args.weight, temperature=args.temperature,
+                         optimizer=args.optimizer, lr=args.lr, weight=args.weight, weighting=args.weighting,
+                         temperature=args.temperature,
                          eps=args.eps, cost=args.cost, image_size=args.image_size, seed=args.seed, device=args.device)
 
 
@@ -21,9 +24,9 @@ def cmd_distill(args: argparse.Namespace, bar) -> dict:
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
 
-    def progress(event: dict) -> None:
-        if "step" in event and event.get("steps"):
-            bar(event["step"] / event["steps"], f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}")
+    def progress(event: ProgressEvent) -> None:
+        if event.fraction is not None and event.phase in ("training", "epoch"):
+            bar(event.fraction, f"epoch {event.data.get('epoch', '?')}/{event.data.get('epochs', '?')}")
 
     result = distill(target, teacher, _config(args, args.method), progress=progress, run_dir=args.out)
     return {"history": [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_acc": h["val_acc"]}
@@ -38,9 +41,9 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     done = {"n": 0}
 
-    def progress(event: dict) -> None:
+    def progress(event: ProgressEvent) -> None:
         done["n"] += 1
-        bar(0.0, f"{event['teacher']} {event['method']} seed {event['seed']}: {event['accuracy']:.3f}")
+        bar(0.0, event.message)
 
     return validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
                     config=_config(args, args.method), device=args.device, progress=progress)
@@ -49,9 +52,11 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
 def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", default=DEFAULT_STUDENT, help="timm architecture of the student")
     p.add_argument("--epochs", type=int, default=DistillConfig.epochs)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--optimizer", default=DistillConfig.optimizer, choices=list(OPTIMIZERS))
     p.add_argument("--lr", type=float)
     p.add_argument("--weight", type=float, default=DistillConfig.weight, help="lambda of the teacher term")
+    p.add_argument("--weighting", default=DistillConfig.weighting, choices=list(WEIGHTINGS),
+                   help="fixed: lambda as given; adaptive: lambda times the teacher's label agreement on train")
     p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--eps", type=float, default=DistillConfig.eps,
                    help="entropic regularisation of the scd loss, relative to the cost range")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from scd_core.errors import ScdError
+from scd_core.progress import ProgressEvent
 
 LOGGER = logging.getLogger(__name__)
 
@@ -173,18 +174,19 @@ class JobManager:
                 job.progress = 1.0
             job.message = message or {FINISHED: "finished", CANCELLED: "cancelled", FAILED: error or "failed"}[status]
 
-    def _report(self, job: Job, event: dict) -> None:
+    def _report(self, job: Job, event: dict | ProgressEvent) -> None:
         """Fold one progress event into the job (trainer events: preparing, training, epoch, done)."""
-        event = dict(event)
+        event = event.to_json() if isinstance(event, ProgressEvent) else dict(event)
         with self._lock:
             job.last_event = event
-            if "fraction" in event:
+            if event.get("fraction") is not None:
                 job.progress = float(min(1.0, max(0.0, event["fraction"])))
             elif event.get("steps"):
                 job.progress = float(min(1.0, event.get("step", 0) / max(1, event["steps"])))
             phase = event.get("phase")
             if phase == "epoch":
-                job.history.append({k: v for k, v in event.items() if k not in ("phase", "steps", "step")})
+                job.history.append({k: v for k, v in event.items()
+                                    if k not in ("phase", "steps", "step", "message", "fraction")})
                 loss, acc = event.get("train_loss", float("nan")), event.get("val_acc", float("nan"))
                 job.message = f"epoch {event.get('epoch')}/{event.get('epochs')}: loss {loss:.4f}, val acc {acc:.1%}"
             elif phase == "training":
