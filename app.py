@@ -50,10 +50,8 @@ def _choose_upload(current: str) -> None:
         try:
             with st.spinner(f"Checking {upload.name}…"):
                 loaded = load_uploaded_target(ui.session_id(), upload.name, upload.getvalue())
-        except ScdError as exc:
-            st.session_state["upload_error"] = str(exc)
-        except Exception as exc:  # never a traceback for an upload
-            st.session_state["upload_error"] = f"{upload.name}: cannot read this upload ({type(exc).__name__}: {exc})"
+        except Exception as exc:
+            st.session_state["upload_error"] = ui.error_message(exc)
         else:
             ui.set_target(loaded.source, f"upload '{upload.name}'")
     if st.session_state.get("upload_error"):
@@ -139,10 +137,14 @@ def target_page() -> None:
 
 
 ui.setup_app()
-st.navigation([
+page = st.navigation([
     st.Page(target_page, title="Target set", icon=":material/target:", default=True),
     st.Page("pages/teachers.py", title="Teachers", icon=":material/school:"),
     st.Page("pages/ranking.py", title="Ranking", icon=":material/leaderboard:"),
     st.Page("pages/transport_plans.py", title="Transport plans", icon=":material/grid_on:"),
     st.Page("pages/distill.py", title="Distill", icon=":material/science:"),
-]).run()
+])
+try:
+    page.run()
+except Exception as exc:  # st.stop and st.rerun are BaseExceptions and pass through
+    ui.show_error(exc)

@@ -71,7 +71,7 @@ def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | 
     target, repo = as_target(target_dir), as_repository(teachers_dir)
 
     t = time.perf_counter()
-    table = rank(target, repo, metrics=METRICS, use_cache=False)
+    ranking = rank(target, repo, metrics=METRICS, use_cache=False)
     rank_cold_s = time.perf_counter() - t
     rank(target, repo, metrics=METRICS)  # fills the cache (the cold rank above bypassed it)
     t = time.perf_counter()
@@ -102,11 +102,11 @@ def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | 
     names = list(acc)
     agreement = {}
     for m in METRICS:
-        hib = table.attrs["metrics"][m]["higher_is_better"]
-        scores = np.array([float(table.loc[n, m]) for n in names])
+        hib = ranking.metrics[m].higher_is_better
+        scores = np.array([ranking.get(n).scores[m] for n in names])
         agreement[m] = ranking_agreement(scores, np.array([acc[n] for n in names]), hib)
 
-    full_top1 = table.index[0]
+    full_top1 = ranking.best
     budgeted = []
     for budget in BUDGETS:
         tops, secs = [], []
@@ -114,14 +114,14 @@ def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | 
             t = time.perf_counter()
             b = rank(target, repo, metrics=["scd"], budget=budget, use_cache=False, seed=s)
             secs.append(time.perf_counter() - t)
-            tops.append(b.index[0])
+            tops.append(b.best)
         agree = float(np.mean([x == full_top1 for x in tops]))
         budgeted.append({"budget": budget, "top1": tops, "agree_with_full": agree,
                          "seconds_mean": float(np.mean(secs))})
     return {
         "world": name, "size": size, "target": target.summary(), "teachers": report["teachers"],
         "baseline_ce": report.get("baseline_ce"), "distill_config": config_json,
-        "scores": {n: {m: float(table.loc[n, m]) for m in METRICS} for n in table.index},
+        "scores": {t.name: {m: t.scores[m] for m in METRICS} for t in ranking.teachers},
         "agreement": agreement, "tau_sweep": tau_sweep(target, repo, acc),
         "cost": {"rank_cold_s": rank_cold_s, "rank_warm_s": rank_warm_s, "distill_once_per_teacher_s": brute_force_s,
                  "brute_force_over_rank": brute_force_s / rank_cold_s, "teachers": len(names)},

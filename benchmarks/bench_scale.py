@@ -179,11 +179,11 @@ def worker(n: int, k_t: int, d: int, k_s: int, batch_size: int, threads: int, ou
                 pass_peak[0] = peak_rss_bytes()
 
         assess.teacher_outputs = teacher_outputs_peak
-        table = rank(target, repo, device="cpu", batch_size=batch_size)
+        ranking = rank(target, repo, device="cpu", batch_size=batch_size)
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         peak = peak_rss_bytes()
-        timing = table.attrs["timing"]
+        timing = ranking.timing
         result = {
             "N": n, "K_t": k_t, "d": d, "K_s": k_s, "batch_size": batch_size, "threads": torch.get_num_threads(),
             "rank_s": wall, "cpu_s": cpu, "forward_s": timing["forward_s"], "metrics_s": timing["metrics_s"],
@@ -191,7 +191,7 @@ def worker(n: int, k_t: int, d: int, k_s: int, batch_size: int, threads: int, ou
             "pass_peak_beyond_baseline_bytes": pass_peak[0] - baseline, "leep_chunk": leep_chunk,
             "features_bytes": n * d * 4, "n_x_kt_float32_bytes": n * k_t * 4,
             "logits_file_bytes": n * k_t * 2,
-            "scores": {k: float(v) for k, v in table.iloc[0].items() if k not in ("num_classes", "images")},
+            "scores": dict(ranking.teachers[0].scores),
         }
         out.write_text(json.dumps(result))
     finally:

@@ -104,9 +104,9 @@ def _timed_rank(target, repo, device: str) -> tuple[float, object]:
 
     _sync(device)
     t0 = time.perf_counter()
-    table = rank(target, repo, device=device, use_cache=False)
+    ranking = rank(target, repo, device=device, use_cache=False)
     _sync(device)
-    return time.perf_counter() - t0, table
+    return time.perf_counter() - t0, ranking
 
 
 def _sync(device: str) -> None:
@@ -128,15 +128,16 @@ def assess(world_root: Path, gpu: str) -> dict:
     repo = TeacherRepository.from_folder(world.teachers_dir)
     if gpu != "cpu":
         _timed_rank(target, repo, gpu)  # warm-up: CUDA context, cuDNN autotuning, first-call allocations
-    t_gpu, on_gpu = _timed_rank(target, repo, gpu)
-    t_cpu, on_cpu = _timed_rank(target, repo, "cpu")
+    t_gpu, gpu_ranking = _timed_rank(target, repo, gpu)
+    t_cpu, cpu_ranking = _timed_rank(target, repo, "cpu")
+    on_gpu, on_cpu = gpu_ranking.table(), cpu_ranking.table()
     metrics = [m for m in on_cpu.columns if m not in ("num_classes", "images", "round")]
     diff = {m: float(np.nanmax(np.abs(on_gpu.loc[on_cpu.index, m].to_numpy() - on_cpu[m].to_numpy())))
             for m in metrics}
     return {
         "teachers": len(repo), "images": int(on_cpu["images"].iloc[0]),
         "gpu_s": t_gpu, "cpu_s": t_cpu, "speedup": t_cpu / t_gpu,
-        "gpu_timing": on_gpu.attrs["timing"], "cpu_timing": on_cpu.attrs["timing"],
+        "gpu_timing": gpu_ranking.timing, "cpu_timing": cpu_ranking.timing,
         "same_ranking": list(on_gpu.index) == list(on_cpu.index),
         "ranking_cpu": list(on_cpu.index), "ranking_gpu": list(on_gpu.index),
         "max_abs_score_diff": diff, "best_teacher": on_cpu.index[0],

@@ -6,9 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import ui
-from scd_core import ScdError
 from scd_core.assess.metrics import DEFAULT_METRICS, METRICS
-from scd_core.assess.ranking import rank
+from scd_core.assess.ranking import Ranking, rank
 from scd_core.viz.figures import direction_label, ranking_bar, sort_ranking
 
 st.title("Ranking")
@@ -54,47 +53,40 @@ if submitted:
     else:
         bar = st.progress(0.0, text="Starting…")
         try:
-            table = rank(target, repo, teachers=teachers, metrics=metrics, budget=budget_value, device=ui.device(),
-                         progress=ui.progress_callback(bar))
-        except ScdError as exc:
-            bar.empty()
-            ui.show_error(exc, "Ranking failed: ")
-        except Exception as exc:  # never a traceback in the app
+            ranking = rank(target, repo, teachers=teachers, metrics=metrics, budget=budget_value, device=ui.device(),
+                           progress=ui.progress_callback(bar))
+        except Exception as exc:  # input feedback, or a bug's internal-error note
             bar.empty()
             ui.show_error(exc, "Ranking failed: ")
         else:
             bar.empty()
-            store[key] = table
+            store[key] = ranking
             st.session_state["last_ranking_key"] = key
 
-table: pd.DataFrame | None = store.get(key)
-if table is None and st.session_state.get("last_ranking_key") in store:
+ranking: Ranking | None = store.get(key)
+if ranking is None and st.session_state.get("last_ranking_key") in store:
     last = store[st.session_state["last_ranking_key"]]
-    if last.attrs.get("target", {}).get("fingerprint") == target.fingerprint:
-        table = last
+    if last.target.get("fingerprint") == target.fingerprint:
+        ranking = last
         st.info("Showing the last ranking; the settings above changed since (press **Rank teachers** to update).")
-if table is None:
+if ranking is None:
     st.info("Press **Rank teachers** to score the teachers.")
     st.stop()
 
-metric_names = [m for m in table.attrs["metrics"] if m in table.columns]
+info = ranking.metrics
+metric_names = list(info)
 ui.valid_choice("w_rank_by", metric_names)
 rank_by = st.columns([2, 3])[0].selectbox(
     "Rank by", metric_names, key="w_rank_by", **ui.PERSIST,
-    format_func=lambda m: f"{m} ({direction_label(table.attrs['metrics'][m]['higher_is_better'])})")
-ordered = sort_ranking(table, rank_by)
-if "round" in ordered.columns and ordered["round"].nunique() > 1:  # survivors of later rounds first
-    ordered = pd.concat([sort_ranking(g, rank_by) for _, g in
-                         sorted(ordered.groupby("round"), key=lambda kv: -kv[0])])
-    ordered.attrs = dict(table.attrs)
+    format_func=lambda m: f"{m} ({direction_label(info[m].higher_is_better)})")
+ordered = sort_ranking(ranking, rank_by)
 best = str(ordered.index[0])
 st.session_state["best_teacher"] = best
-info = table.attrs["metrics"]
 st.success(f"Best teacher by **{rank_by}**: **{best}**")
 
 
 def _arrow(metric: str) -> str:
-    return f"{metric} {'↑' if info[metric]['higher_is_better'] else '↓'}"
+    return f"{metric} {'↑' if info[metric].higher_is_better else '↓'}"
 
 
 shown = ordered.rename(columns={m: _arrow(m) for m in metric_names})
@@ -104,14 +96,14 @@ shown.insert(0, "rank", range(1, len(shown) + 1))
 def _highlight_best(column: pd.Series) -> list[str]:
     metric = column.name.split(" ")[0]
     values = ordered[metric].astype(float)
-    target_value = values.max() if info[metric]["higher_is_better"] else values.min()
+    target_value = values.max() if info[metric].higher_is_better else values.min()
     return ["background-color: #ffd8d8; font-weight: bold" if v == target_value else "" for v in values]
 
 
 styled = shown.style.apply(_highlight_best, subset=[_arrow(m) for m in metric_names]).format(
     {_arrow(m): "{:.4f}" for m in metric_names})
-column_config = {_arrow(m): st.column_config.NumberColumn(help=f"{info[m]['description']} "
-                                                               f"({direction_label(info[m]['higher_is_better'])})")
+column_config = {_arrow(m): st.column_config.NumberColumn(help=f"{info[m].description} "
+                                                               f"({direction_label(info[m].higher_is_better)})")
                  for m in metric_names}
 column_config["num_classes"] = st.column_config.NumberColumn("teacher classes")
 column_config["images"] = st.column_config.NumberColumn("images scored",
@@ -120,13 +112,13 @@ column_config["images"] = st.column_config.NumberColumn("images scored",
 st.subheader("Ranking table")
 st.caption("↑ higher is better, ↓ lower is better; the best value of each metric is highlighted.")
 st.dataframe(styled, width="stretch", column_config=column_config)
-timing = table.attrs.get("timing", {})
+timing = ranking.timing
 if timing:
     st.caption(f"Computed in {timing.get('total_s', 0):.1f} s (forward passes {timing.get('forward_s', 0):.1f} s, "
                f"metrics {timing.get('metrics_s', 0):.1f} s; cached teacher outputs are reused).")
-st.download_button("Download ranking (CSV)", ordered.to_csv().encode("utf-8"), file_name="ranking.csv",
-                   mime="text/csv", key="w_rank_csv", icon=":material/download:")
-st.plotly_chart(ranking_bar(ordered, rank_by), key="rank_bar")
+st.download_button("Download ranking (CSV)", ranking.table(rank_by, intervals=True).to_csv().encode("utf-8"),
+                   file_name="ranking.csv", mime="text/csv", key="w_rank_csv", icon=":material/download:")
+st.plotly_chart(ranking_bar(ranking, rank_by), key="rank_bar")
 
 st.divider()
 st.page_link("pages/transport_plans.py", label=f"Next: how {best}'s labels map onto yours",

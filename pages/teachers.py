@@ -68,10 +68,8 @@ with tab_objs[0]:
                 with st.spinner(f"Checking {upload.name}…"):
                     taken = set(repo.names if repo else []) | set(collected.hidden)
                     spec = add_uploaded_teacher(ui.session_id(), upload.name, upload.getvalue(), taken=taken)
-            except ScdError as exc:
-                st.session_state["teacher_upload_message"] = ("error", str(exc))
             except Exception as exc:
-                st.session_state["teacher_upload_message"] = ("error", f"{type(exc).__name__}: {exc}")
+                st.session_state["teacher_upload_message"] = ("error", ui.error_message(exc))
             else:
                 sources.uploads.append(spec.location)
                 ui.clear_teacher_cache()
@@ -91,7 +89,8 @@ with tab_objs[1]:
     if st.button("Add hub teacher", key="w_hub_add") and hub_name.strip():
         name = hub_name.strip()
         try:
-            spec = spec_from_hub(name)
+            with st.spinner(f"Looking up {name} (local cache first, then the hub)…"):
+                spec = spec_from_hub(name)
         except ScdError as exc:
             ui.show_error(exc)
         else:

@@ -9,7 +9,7 @@ import torch
 from helpers import make_teacher, write_image_folder
 
 from scd_core import ScdError
-from scd_core.assess.ranking import rank, ranking_json, stratified_prefix
+from scd_core.assess.ranking import rank, stratified_prefix
 from scd_core.data.images import load_rgb
 from scd_core.data.targets import load_target
 from scd_core.ot.plans import plan_from_outputs, transport_plan
@@ -91,14 +91,15 @@ def test_corrupted_cache_entry_is_recomputed(world, fresh_cache):
 
 def test_rank_table_is_sorted_best_first_with_directions(world):
     target, repo = world
-    table = rank(target, repo, metrics=["leep", "scd", "nce"], device="cpu")
+    ranking = rank(target, repo, metrics=["leep", "scd", "nce"], device="cpu")
+    table = ranking.table()
     assert isinstance(table, pd.DataFrame)
     assert list(table.columns) == ["num_classes", "images", "leep", "scd", "nce"]
     assert table["leep"].is_monotonic_decreasing  # leep: higher is better, ranked first
     assert set(table.index) == set(repo.names)
-    by_scd = rank(target, repo, metrics=["scd"], device="cpu")
+    by_scd = rank(target, repo, metrics=["scd"], device="cpu").table()
     assert by_scd["scd"].is_monotonic_decreasing  # scd (contrastive log-likelihood): higher is better
-    payload = ranking_json(table)
+    payload = ranking.to_json()
     assert set(payload) >= {"target", "metrics", "teachers", "timing"}
     assert payload["metrics"]["scd"]["higher_is_better"] is True
     assert payload["metrics"]["leep"]["higher_is_better"] is True
@@ -108,7 +109,7 @@ def test_rank_table_is_sorted_best_first_with_directions(world):
 
 def test_rank_subset_and_errors(world):
     target, repo = world
-    table = rank(target, repo, teachers=["teacher_9", "teacher_3"], metrics=["nce"], device="cpu")
+    table = rank(target, repo, teachers=["teacher_9", "teacher_3"], metrics=["nce"], device="cpu").table()
     assert set(table.index) == {"teacher_9", "teacher_3"}
     with pytest.raises(ScdError, match="unknown metric"):
         rank(target, repo, metrics=["accuracy"], device="cpu")
@@ -120,8 +121,8 @@ def test_rank_subset_and_errors(world):
 
 def test_successive_halving_spends_less_and_keeps_the_winner_on_more_images(world):
     target, repo = world
-    full = rank(target, repo, metrics=["scd"], device="cpu")
-    halved = rank(target, repo, metrics=["scd"], budget=0.4, device="cpu")
+    full = rank(target, repo, metrics=["scd"], device="cpu").table()
+    halved = rank(target, repo, metrics=["scd"], budget=0.4, device="cpu").table()
     assert set(halved.index) == set(full.index)
     n = len(target.assessment_items)
     assert halved["images"].sum() < full["images"].sum()

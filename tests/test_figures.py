@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from scd_core.assess.ranking import MetricInfo, Ranking, TeacherScore
 from scd_core.ot.plans import LabeledMatrix
 from scd_core.viz.figures import (
     class_sources,
@@ -26,12 +26,11 @@ from scd_core.viz.figures import (
 TARGET = ["cat", "dog", "owl"]
 
 
-def _ranking() -> pd.DataFrame:
-    table = pd.DataFrame({"num_classes": [5, 7, 3], "images": [30, 30, 30], "scd": [0.4, 0.2, 0.3],
-                          "leep": [-1.0, -2.0, -0.5]}, index=pd.Index(["a", "b", "c"], name="teacher"))
-    table.attrs["metrics"] = {"scd": {"higher_is_better": False, "description": ""},
-                              "leep": {"higher_is_better": True, "description": ""}}
-    return table
+def _ranking(scd: tuple[float, ...] = (0.4, 0.2, 0.3)) -> Ranking:
+    leep = (-1.0, -2.0, -0.5)
+    teachers = tuple(TeacherScore(name, k, 30, {"scd": s, "leep": v})
+                     for name, k, s, v in zip(["a", "b", "c"], [5, 7, 3], scd, leep))
+    return Ranking(teachers, {"scd": MetricInfo("scd", False), "leep": MetricInfo("leep", True)}, rank_by="scd")
 
 
 def _spec(fig) -> dict:
@@ -57,8 +56,7 @@ def test_ranking_bar_puts_the_best_first_highlighted_with_direction():
 
 
 def test_sort_ranking_puts_nan_last():
-    table = _ranking()
-    table.loc["c", "scd"] = np.nan
+    table = _ranking(scd=(0.4, 0.2, np.nan))
     assert list(sort_ranking(table, "scd").index) == ["b", "a", "c"]
 
 

@@ -77,8 +77,8 @@ def test_rank_on_cuda_matches_cpu(small_task):
     from scd_core.assess.ranking import rank
 
     target, repo = small_task
-    cpu = rank(target, repo, metrics=["scd", "leep", "nce"], device="cpu", use_cache=False)
-    gpu = rank(target, repo, metrics=["scd", "leep", "nce"], device="cuda", use_cache=False)
+    cpu = rank(target, repo, metrics=["scd", "leep", "nce"], device="cpu", use_cache=False).table()
+    gpu = rank(target, repo, metrics=["scd", "leep", "nce"], device="cuda", use_cache=False).table()
     assert set(gpu.index) == set(cpu.index)
     # bf16 autocast on CUDA: scores agree to bf16 rounding of the logits, not bit for bit
     for metric in ("scd", "leep"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from collections import Counter
@@ -17,6 +18,7 @@ from helpers import (
     write_csv_target,
     write_image,
     write_image_folder,
+    zip_bytes,
 )
 from PIL import Image
 
@@ -425,9 +427,21 @@ def test_error_single_class(tmp_path):
     _refused(write_image_folder(tmp_path / "ds2", {"cat": 4}, splits=["train", "val"]), r"only one class \('cat'\)")
 
 
-def test_error_class_with_one_image(tmp_path):
-    root = write_image_folder(tmp_path / "ds", {"a": 3, "lonely": 1})
-    _refused(root, r"at least 2 labeled train/val images.*'lonely' \(1\)")
+def test_one_shot_class_is_kept_in_train_with_a_warning(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 3, "café": 1, "b": 4})
+    ts = load_target(root)
+    assert ts.class_names == ["a", "b", "café"]
+    lonely = [it for it in ts.items if it.label == 2]
+    assert [it.split for it in lonely] == ["train"]  # nothing of it is held out
+    assert ts.split("val") and all(it.label != 2 for it in ts.split("val"))
+    (warning,) = ts.warnings
+    assert "'café'" in warning and "one labeled image" in warning
+    assert ts.summary()["warnings"] == [warning]
+
+
+def test_error_every_class_one_shot(tmp_path):
+    root = write_image_folder(tmp_path / "ds", {"a": 1, "b": 1})
+    _refused(root, r"every class has a single labeled image")
 
 
 def test_error_class_only_in_test(tmp_path):
@@ -553,3 +567,40 @@ def test_error_image_over_pixel_limit(tmp_path, monkeypatch):
     with pytest.raises(TargetSetError, match="exceeds the limit"):
         load_rgb(root / "b" / "huge.png")
     assert load_rgb(root / "a" / "000.png").size == (16, 16)
+
+
+def _png_bytes(shade: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 12), (shade, 40, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_uploaded_one_shot_class_is_accepted(tmp_path):
+    from scd_core.runtime.session import load_uploaded_target
+
+    entries = {f"a/{i}.png": _png_bytes(i) for i in range(3)} | {f"b/{i}.png": _png_bytes(50 + i) for i in range(3)}
+    entries["café/0.png"] = _png_bytes(200)
+    ts = load_uploaded_target("one-shot-session-0123456789abcdef", "few.zip", zip_bytes(entries))
+    assert "café" in ts.class_names and any("one labeled image" in w for w in ts.warnings)
+
+
+@pytest.mark.parametrize("entries, expected", [
+    ({"x/only/0.png": None, "x/only/1.png": None}, r"^few\.zip/x: only one class"),
+    ({"labels.csv": b"path,label\nmissing.png,a\n"}, r"^few\.zip/labels\.csv:2"),
+    ({"labels.csv": b"path,label\na.png,x\na.png,y\nb.png,x\nc.png,y\n", "a.png": None, "b.png": None, "c.png": None},
+     r"^few\.zip/a\.png: listed twice"),
+    ({"train/a/0.png": None, "train/b/0.png": None, "test/c/0.png": None}, r"^few\.zip: .*'c' \(0\)"),
+])
+def test_upload_errors_name_the_users_file_never_a_server_path(entries, expected):
+    from scd_core.errors import TargetSetError
+    from scd_core.runtime.session import load_uploaded_target
+    from scd_core.runtime.workspace import workspace_dir
+
+    data = {name: _png_bytes(i) if content is None else content for i, (name, content) in enumerate(entries.items())}
+    with pytest.raises(TargetSetError) as err:
+        load_uploaded_target("path-free-session-0123456789abcdef", "few.zip", zip_bytes(data))
+    message = str(err.value)
+    assert re.search(expected, message), message
+    assert str(workspace_dir()) not in message and "/uploads/" not in message and "/tmp" not in message

@@ -420,3 +420,29 @@ def test_pickle_without_tensors_refused(tmp_path):
 
 def test_environment_is_offline():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_uncached_hub_name_fails_fast_when_offline():
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(TeacherError, match=r"not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        spec_from_hub("hf-hub:timm/not_cached_model_xyz.a1_in1k")
+    assert time.perf_counter() - start < 3.0
+
+
+def test_hub_reachability_check_reports_a_closed_endpoint(monkeypatch):
+    import socket
+
+    from scd_core.teachers import hub
+
+    monkeypatch.setattr(hub, "_offline_flag", lambda: False)
+    with socket.socket() as probe:  # a local port that nothing listens on: connection refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    reason = hub.hub_offline_reason(f"http://127.0.0.1:{port}", timeout_s=1.0)
+    assert reason is not None and f"127.0.0.1:{port}" in reason
+    with socket.socket() as server:  # and one that accepts: reachable
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert hub.hub_offline_reason(f"http://127.0.0.1:{server.getsockname()[1]}", timeout_s=1.0) is None

@@ -11,7 +11,6 @@ State kept in ``st.session_state`` (plain data, per browser session):
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -21,6 +20,9 @@ from typing import Any
 import streamlit as st
 
 from scd_core import ScdError
+from scd_core.config import check_environment, settings
+from scd_core.incidents import user_message
+from scd_core.progress import ProgressEvent, ProgressFn
 from scd_core.runtime.jobs import ACTIVE_STATES, SHARED_SESSION, JobManager, default_manager, demo_build_job
 from scd_core.runtime.session import (
     TeacherSources,
@@ -70,7 +72,7 @@ def session_id() -> str:
 
 def device() -> str:
     """The device engine calls use: ``$SCD_DEVICE`` or ``auto`` (cuda, then mps, then cpu)."""
-    return os.environ.get("SCD_DEVICE", "auto") or "auto"
+    return settings().device
 
 
 @st.cache_resource(show_spinner=False)
@@ -87,16 +89,26 @@ PERSIST: dict[str, Any] = {"persist_state": "session"}
 """Keyword arguments keeping a widget's value across page switches (``key`` required)."""
 
 
+def error_message(exc: BaseException) -> str:
+    """What the user is told: an ScdError's message, or for any other exception (a bug) a short note with
+    the id under which its traceback was logged (never the exception's own text)."""
+    return user_message(exc)
+
+
 def show_error(exc: BaseException, prefix: str = "") -> None:
-    """A readable message for an engine error; unexpected errors show their type, never a traceback."""
-    # ScdError, TargetSetError and TeacherError are ValueErrors: their message is written for users
-    message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    """Show :func:`error_message` of ``exc`` (after ``prefix``) as an error box."""
+    message = error_message(exc)
     st.error(f"{prefix}{message}" if prefix else message, icon=":material/block:")
 
 
 def setup_app() -> None:
-    """Run by ``app.py`` before every page: page config, session registration and the sidebar."""
+    """Run by ``app.py`` before every page: page config, settings check, session registration and the sidebar."""
     st.set_page_config(page_title="SCD explorer", page_icon=":material/hub:", layout="wide")
+    try:
+        check_environment()
+    except ScdError as exc:  # the operator's configuration: nothing works until it is fixed
+        show_error(exc, "The server's configuration is invalid: ")
+        st.stop()
     sid = session_id()
     ctx = _script_ctx()
     manager = job_manager()
@@ -152,14 +164,11 @@ def _sidebar_jobs() -> None:
 
 
 def demo_size() -> str:
-    return os.environ.get("SCD_DEMO_SIZE", "full") or "full"
+    return settings().demo_size
 
 
 def default_world() -> str:
-    from scd_core.demo.worlds import WORLDS
-
-    wanted = os.environ.get("SCD_DEMO_WORLD", "")
-    return wanted if wanted in WORLDS else WORLDS[0]
+    return settings().demo_world
 
 
 def demo_world_ready(world: str) -> bool:
@@ -354,9 +363,15 @@ def _progress_to(bar) -> Callable[[float, str], None]:
     return update
 
 
-def progress_callback(bar) -> Callable[[float, str], None]:
-    """A ``progress(fraction, message)`` callback that updates ``bar`` at most 5 times a second."""
-    return _progress_to(bar)
+def progress_callback(bar) -> ProgressFn:
+    """A :class:`~scd_core.progress.ProgressFn` that updates ``bar`` at most 5 times a second."""
+    legacy = _progress_to(bar)
+
+    def update(event: ProgressEvent) -> None:
+        if event.fraction is not None:
+            legacy(event.fraction, event.message)
+
+    return update
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

@@ -1,28 +1,32 @@
 """Ranking teachers for a target set: every metric from one forward pass per teacher.
 
-:func:`rank` scores each teacher with the chosen metrics and returns a table sorted best first by
-the first metric. With a ``budget`` below 1, successive halving (SPEC, method 5) scores all teachers
-on a small stratified subset, keeps the better half, doubles the subset and repeats, so the forward
-passes add up to about ``budget`` times those of a full scan.
+:func:`score_teacher` scores ONE teacher (a pure, picklable module-level function: a worker process
+or a remote executor calls the same function), and :func:`rank` calls it for every teacher and
+returns a :class:`Ranking`, best first by the first metric. With a ``budget`` below 1, successive
+halving scores all teachers on a small stratified subset, keeps the better half, doubles the subset
+and repeats, so the forward passes add up to about ``budget`` times those of a full scan.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scd_core.assess.metrics import DEFAULT_METRICS, get_metric
+from scd_core.assess.metrics import DEFAULT_METRICS, Metric, get_metric
 from scd_core.data.targets import TargetItem, TargetSet, load_target
 from scd_core.errors import ScdError
 from scd_core.outputs.forward import teacher_outputs
+from scd_core.progress import ProgressFn, emit, scaled
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
 
-Progress = Callable[[float, str], None]
+__all__ = ["MetricInfo", "Ranking", "TeacherScore", "rank", "score_teacher", "stratified_prefix"]
 
 
 def as_target(target: TargetSet | str | Path) -> TargetSet:
@@ -31,6 +35,189 @@ def as_target(target: TargetSet | str | Path) -> TargetSet:
 
 def as_repository(repo: TeacherRepository | str | Path) -> TeacherRepository:
     return repo if isinstance(repo, TeacherRepository) else TeacherRepository.from_spec(repo)
+
+
+# ------------------------------------------------------------------------------------------------
+# Result types
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A metric's direction and one-line description, as the ranking reports them."""
+
+    name: str
+    higher_is_better: bool
+    description: str = ""
+
+    @classmethod
+    def of(cls, metric: Metric) -> MetricInfo:
+        return cls(metric.name, metric.higher_is_better, metric.description)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"higher_is_better": self.higher_is_better, "description": self.description}
+
+
+@dataclass(frozen=True)
+class TeacherScore:
+    """The scores of one teacher on one set of assessment images.
+
+    ``scores`` maps metric name to value (NaN when a metric could not be computed), ``intervals``
+    metric name to a 95% interval ``(low, high)`` (absent when not computed), ``images`` is the
+    number of labeled images the scores came from, ``round`` the successive-halving round
+    (0 for a full scan) and ``timing`` holds ``forward_s`` and ``metrics_s``.
+    """
+
+    name: str
+    num_classes: int
+    images: int
+    scores: dict[str, float]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    round: int = 0
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def with_round(self, r: int) -> TeacherScore:
+        return TeacherScore(self.name, self.num_classes, self.images, self.scores, self.intervals, r, self.timing)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Teachers best first by ``rank_by`` (survivors of later budget rounds before earlier ones).
+
+    ``metrics`` holds each metric's direction in the order requested, ``target`` the target set's
+    summary, ``timing`` the total/forward/metric seconds, ``budget`` the successive-halving budget
+    (None for a full scan) and ``near_ties`` the teachers whose ``rank_by`` interval overlaps the
+    leader's (a user cannot tell them apart on these images).
+    """
+
+    teachers: tuple[TeacherScore, ...]
+    metrics: dict[str, MetricInfo]
+    rank_by: str
+    target: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    budget: float | None = None
+    near_ties: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.teachers]
+
+    @property
+    def best(self) -> str:
+        return self.teachers[0].name
+
+    def __len__(self) -> int:
+        return len(self.teachers)
+
+    def get(self, name: str) -> TeacherScore:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise ScdError(f"no teacher named {name!r} in this ranking")
+
+    def ordered(self, metric: str | None = None) -> list[TeacherScore]:
+        """Teachers best first by ``metric`` (default ``rank_by``): later budget rounds first, NaN last.
+
+        A teacher that survived more rounds was scored on more images, so within a budgeted ranking
+        the rounds are kept apart and only teachers of the same round are compared by value.
+        """
+        metric = metric or self.rank_by
+        if metric not in self.metrics:
+            raise ScdError(f"metric {metric!r} is not in this ranking; it has {', '.join(self.metrics)}")
+        sign = 1.0 if self.metrics[metric].higher_is_better else -1.0
+
+        def key(t: TeacherScore) -> tuple:
+            value = t.scores.get(metric, math.nan)
+            return (-t.round, -(sign * value) if np.isfinite(value) else math.inf, str(t.name))
+
+        return sorted(self.teachers, key=key)
+
+    def table(self, metric: str | None = None, *, intervals: bool = False) -> pd.DataFrame:
+        """Display table indexed by teacher, in :meth:`ordered` order.
+
+        Columns: ``num_classes``, ``images``, one per metric, ``round`` for a budgeted ranking, and with
+        ``intervals=True`` a ``<metric> low`` and ``<metric> high`` column per metric.
+        """
+        rows = []
+        for t in self.ordered(metric):
+            row: dict[str, Any] = {"teacher": t.name, "num_classes": t.num_classes, "images": t.images}
+            row.update({m: t.scores.get(m, math.nan) for m in self.metrics})
+            if self.budget is not None:
+                row["round"] = t.round
+            if intervals:
+                for m in self.metrics:
+                    low, high = t.intervals.get(m, (math.nan, math.nan))
+                    row[f"{m} low"], row[f"{m} high"] = low, high
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("teacher")
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's JSON form (stable keys): target, metrics, rank_by, budget, teachers, near_ties, timing."""
+        return {
+            "target": self.target,
+            "metrics": {m: info.to_json() for m, info in self.metrics.items()},
+            "rank_by": self.rank_by,
+            "budget": self.budget,
+            "teachers": [
+                {"name": t.name, "num_classes": int(t.num_classes), "images": int(t.images),
+                 "scores": {m: _finite(t.scores.get(m, math.nan)) for m in self.metrics},
+                 "intervals": {m: [_finite(t.intervals[m][0]), _finite(t.intervals[m][1])]
+                               for m in self.metrics if m in t.intervals}}
+                for t in self.teachers
+            ],
+            "near_ties": list(self.near_ties),
+            "timing": dict(self.timing),
+        }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring one teacher
+# ------------------------------------------------------------------------------------------------
+
+
+def score_teacher(
+    target: TargetSet,
+    spec: TeacherSpec,
+    metrics: Sequence[str],
+    *,
+    items: Sequence[TargetItem] | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    use_cache: bool = True,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> TeacherScore:
+    """Score one teacher with every named metric from one forward pass (cached) over ``items``.
+
+    ``items`` defaults to the target's assessment images (labeled, outside ``test``). Everything it
+    takes and returns pickles, so an executor can run it in another process or on another machine.
+    ``seed`` seeds any resampling of the scores.
+    """
+    metric_objs = [get_metric(n) for n in metrics]
+    items = list(target.assessment_items if items is None else items)
+    t = time.perf_counter()
+
+    def forward_progress(fraction: float, message: str) -> None:
+        emit(progress, message, fraction, "forward", teacher=spec.name)
+
+    out = teacher_outputs(spec, target, items, device=device, batch_size=batch_size, temperature=temperature,
+                          progress=forward_progress if progress is not None else None, use_cache=use_cache)
+    forward_s = time.perf_counter() - t
+    t = time.perf_counter()
+    scores = {m.name: float(m.score(out)) for m in metric_objs}
+    metrics_s = time.perf_counter() - t
+    return TeacherScore(name=spec.name, num_classes=spec.num_classes, images=len(items), scores=scores,
+                        timing={"forward_s": forward_s, "metrics_s": metrics_s})
+
+
+# ------------------------------------------------------------------------------------------------
+# Ranking
+# ------------------------------------------------------------------------------------------------
 
 
 def stratified_prefix(items: Sequence[TargetItem], fraction: float, seed: int = 0,
@@ -51,12 +238,6 @@ def stratified_prefix(items: Sequence[TargetItem], fraction: float, seed: int = 
     return [it for it, k in zip(items, keep) if k]
 
 
-def _sort_best_first(table: pd.DataFrame, metric: str, higher_is_better: bool) -> pd.DataFrame:
-    key = table[metric] if higher_is_better else -table[metric]
-    order = np.lexsort((table.index.to_numpy(), -key.fillna(-np.inf).to_numpy()))
-    return table.iloc[order]
-
-
 def rank(
     target: TargetSet | str | Path,
     repo: TeacherRepository | str | Path,
@@ -67,78 +248,45 @@ def rank(
     device: str = "auto",
     batch_size: int = 64,
     temperature: float = 1.0,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     use_cache: bool = True,
     seed: int = 0,
-) -> pd.DataFrame:
-    """Score every teacher (or the named ones) and return them best first by the first metric.
-
-    Returns a DataFrame indexed by teacher name with columns ``num_classes``, ``images`` (labeled
-    images the scores came from) and one column per metric. ``df.attrs`` holds ``metrics``
-    (``{name: {"higher_is_better", "description"}}``), ``rank_by``, ``target`` and ``timing``.
-    """
+) -> Ranking:
+    """Score every teacher (or the named ones) and return them best first by the first metric."""
     target = as_target(target)
     repo = as_repository(repo)
     names = list(metrics or DEFAULT_METRICS)
     if not names:
         raise ScdError("no metrics requested")
-    metric_objs = [get_metric(n) for n in names]
+    infos = {m.name: MetricInfo.of(m) for m in (get_metric(n) for n in names)}
     specs = repo.select(teachers)
     if not specs:
         raise ScdError("the teacher repository is empty")
     if budget is not None and not 0 < budget <= 1:
         raise ScdError(f"--budget must be a fraction in (0, 1], got {budget}")
     t0 = time.perf_counter()
-    timing: dict[str, float] = {"forward_s": 0.0, "metrics_s": 0.0}
-    rows: dict[str, dict] = {}
-
-    def score(spec: TeacherSpec, items: list[TargetItem], done: float, share: float) -> dict:
-        def sub_progress(frac: float, msg: str) -> None:
-            if progress:
-                progress(min(1.0, done + share * frac), msg)
-
-        t = time.perf_counter()
-        out = teacher_outputs(spec, target, items, device=device, batch_size=batch_size,
-                              temperature=temperature, progress=sub_progress, use_cache=use_cache)
-        timing["forward_s"] += time.perf_counter() - t
-        t = time.perf_counter()
-        row = {"num_classes": spec.num_classes, "images": len(items)}
-        row.update({m.name: float(m.score(out)) for m in metric_objs})
-        timing["metrics_s"] += time.perf_counter() - t
-        return row
-
+    options = dict(device=device, batch_size=batch_size, temperature=temperature, use_cache=use_cache, seed=seed)
     items_all = target.assessment_items
     if budget is None or budget >= 1 or len(specs) < 3:
-        for i, spec in enumerate(specs):
-            rows[spec.name] = score(spec, items_all, i / len(specs), 1 / len(specs))
-            rows[spec.name]["round"] = 0
+        scored = [score_teacher(target, spec, names, items=items_all,
+                                progress=scaled(progress, i / len(specs), (i + 1) / len(specs)), **options)
+                  for i, spec in enumerate(specs)]
     else:
-        rows = _successive_halving(specs, items_all, budget, metric_objs[0], score, seed)
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "teacher"
-    first = metric_objs[0]
-    if "round" in table and table["round"].nunique() > 1:  # survivors of later rounds rank first
-        parts = [_sort_best_first(g, first.name, first.higher_is_better)
-                 for _, g in sorted(table.groupby("round"), key=lambda kv: -kv[0])]
-        table = pd.concat(parts)
-    else:
-        table = _sort_best_first(table, first.name, first.higher_is_better)
-    table = table[["num_classes", "images", *names] + (["round"] if budget else [])]
-    timing["total_s"] = time.perf_counter() - t0
-    table.attrs.update(
-        metrics={m.name: {"higher_is_better": m.higher_is_better, "description": m.description}
-                 for m in metric_objs},
-        rank_by=first.name,
-        target=target.summary(),
-        timing=timing,
-        budget=budget,
-    )
-    if progress:
-        progress(1.0, "done")
-    return table
+        scored = _successive_halving(target, specs, items_all, names, infos[names[0]], budget, progress, options)
+    timing = {"forward_s": sum(s.timing.get("forward_s", 0.0) for s in scored),
+              "metrics_s": sum(s.timing.get("metrics_s", 0.0) for s in scored),
+              "total_s": time.perf_counter() - t0}
+    result = Ranking(teachers=tuple(scored), metrics=infos, rank_by=names[0], target=target.summary(),
+                     timing=timing, budget=budget)
+    result = Ranking(teachers=tuple(result.ordered()), metrics=infos, rank_by=names[0], target=result.target,
+                     timing=timing, budget=budget)
+    emit(progress, "done", 1.0, "done")
+    return result
 
 
-def _successive_halving(specs, items_all, budget, first_metric, score, seed) -> dict[str, dict]:
+def _successive_halving(target: TargetSet, specs: Sequence[TeacherSpec], items_all: Sequence[TargetItem],
+                        names: Sequence[str], first: MetricInfo, budget: float, progress: ProgressFn | None,
+                        options: dict[str, Any]) -> list[TeacherScore]:
     """Successive halving: each round costs about the same number of forward passes.
 
     With T teachers and R = ceil(log2 T) rounds, round r scores the surviving T / 2^r teachers on
@@ -148,39 +296,23 @@ def _successive_halving(specs, items_all, budget, first_metric, score, seed) -> 
     rounds = max(1, math.ceil(math.log2(len(specs))))
     fraction = budget / rounds
     alive = list(specs)
-    rows: dict[str, dict] = {}
+    latest: dict[str, TeacherScore] = {}
     r = 0
+    sign = 1.0 if first.higher_is_better else -1.0
     while True:
-        items = stratified_prefix(items_all, fraction, seed)
+        items = stratified_prefix(items_all, fraction, options["seed"])
         for i, spec in enumerate(alive):
-            rows[spec.name] = score(spec, items, (r + i / len(alive)) / (rounds + 1), 1 / ((rounds + 1) * len(alive)))
-            rows[spec.name]["round"] = r
+            start = (r + i / len(alive)) / (rounds + 1)
+            sub = scaled(progress, start, start + 1 / ((rounds + 1) * len(alive)))
+            latest[spec.name] = score_teacher(target, spec, names, items=items, progress=sub, **options).with_round(r)
         if len(alive) <= 1 or len(items) >= n_all:
             break
-        ordered = sorted(alive, key=lambda s: rows[s.name][first_metric.name],
-                         reverse=first_metric.higher_is_better)
-        alive = ordered[: max(1, math.ceil(len(alive) / 2))]
+
+        def key(spec: TeacherSpec) -> float:
+            value = latest[spec.name].scores[first.name]
+            return -sign * value if np.isfinite(value) else math.inf
+
+        alive = sorted(alive, key=key)[: max(1, math.ceil(len(alive) / 2))]
         fraction *= 2
         r += 1
-    return rows
-
-
-def ranking_json(table: pd.DataFrame) -> dict:
-    """The SPEC's JSON form of a ranking (stable keys)."""
-    metric_names = list(table.attrs["metrics"])
-    return {
-        "target": table.attrs.get("target", {}),
-        "metrics": table.attrs["metrics"],
-        "rank_by": table.attrs.get("rank_by"),
-        "budget": table.attrs.get("budget"),
-        "teachers": [
-            {"name": name, "num_classes": int(row["num_classes"]), "images": int(row["images"]),
-             "scores": {m: _finite(row[m]) for m in metric_names}}
-            for name, row in table.iterrows()
-        ],
-        "timing": table.attrs.get("timing", {}),
-    }
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
+    return [latest[s.name] for s in specs]

@@ -61,8 +61,8 @@ def validate(
     """Distill from each teacher over ``seeds`` seeds and score the ranking of every metric."""
     target, repo = as_target(target), as_repository(repo)
     base = config or DistillConfig(device=device)
-    table = rank(target, repo, metrics=metrics, device=device)
-    names = list(table.index[:top] if top else table.index)
+    ranking = rank(target, repo, metrics=metrics, device=device)
+    names = ranking.names[:top] if top else ranking.names
     split = "test" if target.split("test") else "val"
 
     def run(teacher, method: str) -> list[float]:
@@ -81,14 +81,15 @@ def validate(
     rows = []
     for name in names:
         accs = run(repo.get(name), base.method)
-        rows.append({"name": name, "scores": {m: _num(table.loc[name, m]) for m in table.attrs["metrics"]},
+        scores = ranking.get(name).scores
+        rows.append({"name": name, "scores": {m: _num(scores[m]) for m in ranking.metrics},
                      "accuracies": accs, "accuracy_mean": float(np.mean(accs)) if accs else None,
                      "accuracy_std": float(np.std(accs)) if accs else None})
     acc = np.array([r["accuracy_mean"] if r["accuracy_mean"] is not None else np.nan for r in rows])
     agreement = {
         m: ranking_agreement(np.array([r["scores"][m] if r["scores"][m] is not None else np.nan for r in rows]),
-                             acc, info["higher_is_better"])
-        for m, info in table.attrs["metrics"].items()
+                             acc, info.higher_is_better)
+        for m, info in ranking.metrics.items()
     }
     result = {
         "target": target.summary(),

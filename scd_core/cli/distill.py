@@ -7,7 +7,6 @@ import argparse
 from scd_core.distill.config import DEFAULT_STUDENT, WEIGHTINGS, DistillConfig
 from scd_core.distill.losses import METHODS
 from scd_core.distill.optim import OPTIMIZERS
-from scd_core.progress import ProgressEvent
 
 
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
@@ -24,11 +23,7 @@ def cmd_distill(args: argparse.Namespace, bar) -> dict:
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
 
-    def progress(event: ProgressEvent) -> None:
-        if event.fraction is not None and event.phase in ("training", "epoch"):
-            bar(event.fraction, f"epoch {event.data.get('epoch', '?')}/{event.data.get('epochs', '?')}")
-
-    result = distill(target, teacher, _config(args, args.method), progress=progress, run_dir=args.out)
+    result = distill(target, teacher, _config(args, args.method), progress=bar, run_dir=args.out)
     return {"history": [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_acc": h["val_acc"]}
                         for h in result.history],
             "val_acc": result.val_acc, "test_acc": result.test_acc, "student_dir": result.student_dir,
@@ -39,14 +34,9 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
     from scd_core.assess.validate import validate
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    done = {"n": 0}
-
-    def progress(event: ProgressEvent) -> None:
-        done["n"] += 1
-        bar(0.0, event.message)
 
     return validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
-                    config=_config(args, args.method), device=args.device, progress=progress)
+                    config=_config(args, args.method), device=args.device, progress=bar)
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:

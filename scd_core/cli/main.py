@@ -1,19 +1,35 @@
 """Command line: ``python -m scd_core {rank,plan,distill,validate,demo} ...`` with JSON output.
 
-Bad user input prints one line ``error: ...`` on stderr and exits with status 2, never a traceback.
+Bad user input (an :class:`ScdError`, including a bad ``SCD_*`` setting) prints one line ``error: ...`` on
+stderr and exits with status 2. Any other exception is a bug: its traceback goes to the internal-error log
+(:mod:`scd_core.incidents`) and stderr gets one line ``error: internal error (id ...)``, exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from scd_core.config import DEFAULTS, parse_device, settings
 from scd_core.errors import ScdError
+from scd_core.incidents import user_message
+from scd_core.progress import ProgressEvent
 
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+@contextlib.contextmanager
+def _writing(path: str | Path) -> Iterator[None]:
+    """A file the user asked for that cannot be written is bad input, not a bug."""
+    try:
+        yield
+    except OSError as exc:
+        raise ScdError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 
 def _write_json(obj: dict, path: str | None) -> None:
@@ -22,14 +38,15 @@ def _write_json(obj: dict, path: str | None) -> None:
         print(text)
         return
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(out)
+    with _writing(path):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
 
 
 class _Bar:
-    """tqdm progress bar fed by the engine's ``progress(fraction, message)`` callbacks (stderr)."""
+    """tqdm progress bar on stderr, fed with :class:`~scd_core.progress.ProgressEvent` s."""
 
     def __init__(self, enabled: bool) -> None:
         self.bar = None
@@ -38,15 +55,21 @@ class _Bar:
 
             self.bar = tqdm(total=1000, file=sys.stderr, leave=False, bar_format="{l_bar}{bar}| {elapsed}")
 
-    def __call__(self, fraction: float, message: str) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.bar is not None:
-            self.bar.set_description_str(message[:60])
-            self.bar.n = int(1000 * max(0.0, min(1.0, fraction)))
+            self.bar.set_description_str(event.message[:60])
+            if event.fraction is not None:
+                self.bar.n = int(1000 * max(0.0, min(1.0, event.fraction)))
             self.bar.refresh()
+
+    def legacy(self, fraction: float, message: str) -> None:
+        """For steps that still report ``progress(fraction, message)``."""
+        self(ProgressEvent(message, fraction))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _metric_list(text: str) -> list[str]:
@@ -54,22 +77,23 @@ def _metric_list(text: str) -> list[str]:
 
 
 def cmd_rank(args: argparse.Namespace, bar: _Bar) -> dict:
-    from scd_core.assess.ranking import rank, ranking_json
+    from scd_core.assess.ranking import rank
 
-    table = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
-                 budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar)
+    ranking = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
+                   budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar)
     if not args.json:
-        print(table.to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
-    return ranking_json(table)
+        print(ranking.table().to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
+    return ranking.to_json()
 
 
 def cmd_plan(args: argparse.Namespace, bar: _Bar) -> dict:
     from scd_core.ot.plans import transport_plan
 
     matrix = transport_plan(args.target, args.repo, args.teacher, args.kind, cost=args.cost, eps=args.eps,
-                            device=args.device, batch_size=args.batch_size, progress=bar)
+                            device=args.device, batch_size=args.batch_size, progress=bar.legacy)
     if args.csv:
-        matrix.to_csv(args.csv)
+        with _writing(args.csv):
+            matrix.to_csv(args.csv)
     return matrix.to_json()
 
 
@@ -81,18 +105,19 @@ def cmd_demo(args: argparse.Namespace, bar: _Bar) -> dict:
     for name in worlds:
         if args.out:
             out = Path(args.out) / name if len(worlds) > 1 else Path(args.out)
-            world = build_world(name, out, size=args.size or "full", seed=args.seed, progress=bar)
+            world = build_world(name, out, size=args.size or "full", seed=args.seed, progress=bar.legacy)
         else:
-            world = ensure_world(name, size=args.size, progress=bar)
+            world = ensure_world(name, size=args.size, progress=bar.legacy)
         built.append({"world": world.name, "size": world.size, "target": str(world.target_dir),
                       "repo": str(world.teachers_dir)})
     return {"worlds": built}
 
 
-def _common(p: argparse.ArgumentParser, teacher_required: bool = False) -> None:
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="folder, .zip, .csv or demo:WORLD")
     p.add_argument("--repo", required=True, help="teacher repository folder, demo:WORLD or hub names")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", type=parse_device, metavar="{auto,cpu,cuda,cuda:N,mps}",
+                   help=f"compute device (default: $SCD_DEVICE, else {DEFAULTS.device})")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", metavar="FILE", help="write JSON here ('-' for stdout)")
 
@@ -143,25 +168,27 @@ def _add_distill_commands(sub) -> None:
     add_commands(sub, _common)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    bar = _Bar(enabled=not args.quiet and sys.stderr.isatty())
+def _run(args: argparse.Namespace, bar: _Bar) -> None:
+    if hasattr(args, "device") and args.device is None:
+        args.device = settings().device
     func: Callable = args.func
+    result = func(args, bar)
+    bar.close()
+    _write_json(result, getattr(args, "json", None) or "-")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status is 0, 2 for bad input, 1 for a bug, 130 when interrupted."""
+    args = build_parser().parse_args(argv)
+    bar = _Bar(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        result = func(args, bar)
-    except ScdError as exc:
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except FileNotFoundError as exc:
-        bar.close()
-        print(f"error: {exc.filename or exc}: no such file or folder", file=sys.stderr)
-        return EXIT_USER_ERROR
+        _run(args, bar)
     except KeyboardInterrupt:
         bar.close()
         print("error: interrupted", file=sys.stderr)
         return 130
-    bar.close()
-    _write_json(result, getattr(args, "json", None) or "-")
+    except Exception as exc:
+        bar.close()
+        print(f"error: {user_message(exc, echo=False, show_path=True)}", file=sys.stderr)
+        return EXIT_USER_ERROR if isinstance(exc, ScdError) else EXIT_INTERNAL_ERROR
     return 0

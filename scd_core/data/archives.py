@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import lzma
-import os
 import shutil
 import stat
 import tempfile
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from scd_core.config import DEFAULTS, settings
 from scd_core.errors import ScdError
 
 ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz4",
@@ -40,36 +40,22 @@ _ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08", b"\x1f\x8b", b"BZ
 # are zips by design (a teacher upload refuses those by suffix, with a message saying why).
 _NO_SNIFF_SUFFIXES = frozenset({".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz"})
 _WHOLE_RATIO_MIN_BYTES = 16 << 20
-MAX_BYTES_ENV, MAX_FILES_ENV, MAX_RATIO_ENV = "SCD_ARCHIVE_MAX_BYTES", "SCD_ARCHIVE_MAX_FILES", "SCD_ARCHIVE_MAX_RATIO"
 
 
 @dataclass(frozen=True)
 class ArchiveLimits:
     """Upper bounds checked before extraction (decompression-bomb guards)."""
 
-    max_total_bytes: int = 2 << 30
-    max_files: int = 100_000
-    max_ratio: float = 200.0  # uncompressed / compressed, per entry of more than 1 MiB and for the whole archive
+    max_total_bytes: int = DEFAULTS.archive_max_bytes
+    max_files: int = DEFAULTS.archive_max_files
+    # uncompressed / compressed, per entry of more than 1 MiB and for the whole archive
+    max_ratio: float = DEFAULTS.archive_max_ratio
 
     @classmethod
     def from_env(cls) -> ArchiveLimits:
-        """The defaults, overridden by ``SCD_ARCHIVE_MAX_BYTES`` / ``_MAX_FILES`` / ``_MAX_RATIO`` when set."""
-        default = cls()
-
-        def read(name: str, kind: type, fallback):
-            raw = os.environ.get(name, "").strip()
-            if not raw:
-                return fallback
-            try:
-                value = kind(float(raw)) if kind is int else kind(raw)
-            except ValueError:
-                raise ScdError(f"{name}={raw!r} is not a number") from None
-            if value <= 0:
-                raise ScdError(f"{name} must be positive, got {raw!r}")
-            return value
-
-        return cls(read(MAX_BYTES_ENV, int, default.max_total_bytes), read(MAX_FILES_ENV, int, default.max_files),
-                   read(MAX_RATIO_ENV, float, default.max_ratio))
+        """The limits configured by ``SCD_ARCHIVE_MAX_BYTES`` / ``_MAX_FILES`` / ``_MAX_RATIO``."""
+        config = settings()
+        return cls(config.archive_max_bytes, config.archive_max_files, config.archive_max_ratio)
 
 
 def _entry_name(info: zipfile.ZipInfo) -> str:

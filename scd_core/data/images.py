@@ -19,7 +19,6 @@ rescaled to 0..255 (not clipped).
 from __future__ import annotations
 
 import io
-import os
 import struct
 import warnings
 from pathlib import Path
@@ -28,14 +27,13 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from scd_core.config import settings
 from scd_core.errors import TargetSetError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 PIL_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "WEBP", "TIFF"})
 # The PIL plugins allowed to open a file (MPO files are opened by the JPEG plugin).
 _OPEN_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP", "TIFF")
-MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs well before they exhaust memory
-MAX_PIXELS_ENV = "SCD_MAX_IMAGE_PIXELS"
 # What PIL's decoders raise on malformed data (struct.error for short TIFF/BMP headers, etc.).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, MemoryError, TypeError, KeyError, IndexError,
                   ZeroDivisionError, struct.error, Image.DecompressionBombWarning)
@@ -46,9 +44,8 @@ def is_image_name(name: str) -> bool:
 
 
 def max_image_pixels() -> int:
-    """The pixel limit: ``SCD_MAX_IMAGE_PIXELS`` when set, else :data:`MAX_IMAGE_PIXELS`."""
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    return int(raw) if raw else MAX_IMAGE_PIXELS
+    """The pixel limit: ``SCD_MAX_IMAGE_PIXELS`` (default 64 megapixels, far below what exhausts memory)."""
+    return settings().max_image_pixels
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

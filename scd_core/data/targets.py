@@ -103,6 +103,7 @@ class TargetSet:
             "splits": {s: per_split.get(s, 0) for s in (*SPLITS, UNLABELED)},
             "split_given": self.split_given,
             "fingerprint": self.fingerprint,
+            "warnings": list(self.warnings),
         }
 
 
@@ -164,10 +165,21 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
         raise TargetSetError(f"{source}: only one class ({class_names[0]!r}); a task needs at least two")
     index = {c: i for i, c in enumerate(class_names)}
     assess = Counter(r.label for r in labeled if r.split in (None, "train", "val"))
-    few = [c for c in class_names if assess[c] < 2]
-    if few:
-        detail = ", ".join(f"{c!r} ({assess[c]})" for c in few[:5])
-        raise TargetSetError(f"{source}: every class needs at least 2 labeled train/val images; too few: {detail}")
+    missing = [c for c in class_names if assess[c] == 0]
+    if missing:  # a class seen only in test cannot be scored or learned
+        detail = ", ".join(f"{c!r} ({assess[c]})" for c in missing[:5])
+        raise TargetSetError(f"{source}: every class needs at least one labeled train/val image; none for: {detail}")
+    one_shot = [c for c in class_names if assess[c] == 1]
+    if len(one_shot) == len(class_names):
+        raise TargetSetError(f"{source}: every class has a single labeled image, so none can be held out to "
+                             "measure a student; label at least one more image in some class")
+    warnings = []
+    if one_shot:  # a real few-shot case: keep the class, in train only (there is nothing to hold out)
+        names = ", ".join(repr(c) for c in one_shot[:5])
+        names += f" and {len(one_shot) - 5} more" if len(one_shot) > 5 else ""
+        warnings.append(f"{len(one_shot)} class(es) with one labeled image ({names}): no image of "
+                        "theirs can be held out, so validation accuracy does not cover them and their teacher scores "
+                        "rest on one image each.")
 
     split_given = any(r.split in ("train", "val") for r in labeled)
     splits = [r.split if r.label is not None else UNLABELED for r in records]
@@ -196,7 +208,7 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
     order = {s: i for i, s in enumerate((*SPLITS, UNLABELED))}
     items.sort(key=lambda it: (order[it.split], it.label, it.rel))
     return TargetSet(name=name, root=root, class_names=class_names, items=items, source=source,
-                     split_given=split_given)
+                     split_given=split_given, warnings=warnings)
 
 
 # ----------------------------------------------------------------------------------------------

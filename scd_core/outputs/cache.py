@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from scd_core.config import settings
 from scd_core.fingerprint import combine, file_sha256
 from scd_core.outputs.streaming import TeacherOutputs
 from scd_core.runtime.workspace import cache_dir
 
 CACHE_VERSION = "outputs-v1"
 _ARRAYS = ("labels", "joint", "hard_joint", "class_feature_sums", "features", "top_classes", "top_probs")
-DEFAULT_MAX_BYTES = 20 << 30
 STALE_TMP_S = 24 * 3600.0
 
 
@@ -127,21 +127,13 @@ def cache_size_bytes() -> int:
     return sum(f.stat().st_size for f in _root().rglob("*") if f.is_file())
 
 
-def _env_limit() -> int:
-    raw = os.environ.get("SCD_CACHE_MAX_BYTES", "").strip()
-    try:
-        return int(float(raw)) if raw else DEFAULT_MAX_BYTES
-    except ValueError:  # a misconfigured limit must not break every ranking
-        return DEFAULT_MAX_BYTES
-
-
 def evict(max_bytes: int | None = None, keep: str | None = None) -> list[str]:
     """Delete least-recently-used entries until the cache holds at most ``max_bytes``.
 
     The default comes from ``SCD_CACHE_MAX_BYTES`` (20 GiB when unset); the entry ``keep`` (the one
     just written) is never removed. Returns the removed keys.
     """
-    limit = max_bytes if max_bytes is not None else _env_limit()
+    limit = max_bytes if max_bytes is not None else settings().cache_max_bytes
     entries = []
     now = time.time()
     for folder in list(_root().iterdir()):

@@ -20,7 +20,6 @@ import atexit
 import contextlib
 import itertools
 import logging
-import os
 import threading
 import time
 import traceback
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scd_core.config import settings
 from scd_core.errors import ScdError
 from scd_core.progress import ProgressEvent
 
@@ -373,8 +373,7 @@ def default_manager() -> JobManager:
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            workers = int(os.environ.get("SCD_MAX_JOBS", "1") or 1)
-            grace = float(os.environ.get("SCD_SESSION_GRACE_S", "60") or 60)
-            _DEFAULT = JobManager(max(1, workers), grace_s=grace)
+            config = settings()
+            _DEFAULT = JobManager(config.max_jobs, grace_s=config.session_grace_s)
             atexit.register(_DEFAULT.shutdown, 10.0)  # stop training threads before the interpreter goes
         return _DEFAULT

@@ -11,7 +11,6 @@ behind. Nothing here imports streamlit.
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scd_core.config import settings
 from scd_core.data.archives import ArchiveLimits, safe_extract_zip, single_top_folder
 from scd_core.data.targets import TargetSet, extraction_dir, load_target
 from scd_core.errors import ScdError, TargetSetError, TeacherError
@@ -38,8 +38,6 @@ _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PICKLE_SUFFIXES = frozenset({".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".onnx"})
 TEACHER_FILES_ALLOWED = frozenset({CONFIG_NAME, SAFETENSORS_NAME, "README.md", "readme.md", ".gitattributes",
                                    "hub_models.txt", "LICENSE", "LICENSE.txt", "open_clip_config.json"})
-SERVER_PATHS_ENV = "SCD_ALLOW_SERVER_PATHS"
-TEACHERS_ENV = "SCD_TEACHERS"
 
 
 def new_session_id() -> str:
@@ -65,13 +63,12 @@ def remove_session(session_id: str) -> None:
 
 def server_paths_allowed() -> bool:
     """Whether the operator lets users name folders on the server (``SCD_ALLOW_SERVER_PATHS=1``)."""
-    return os.environ.get(SERVER_PATHS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return settings().allow_server_paths
 
 
 def configured_teacher_folders() -> list[str]:
     """Teacher repositories the operator configured (``SCD_TEACHERS``, paths separated by ``os.pathsep``)."""
-    raw = os.environ.get(TEACHERS_ENV, "")
-    return [p for p in (s.strip() for s in raw.split(os.pathsep)) if p]
+    return list(settings().teachers)
 
 
 def _safe_name(name: str, default: str = "upload") -> str:

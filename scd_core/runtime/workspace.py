@@ -36,11 +36,9 @@ from pathlib import Path
 
 import platformdirs
 
+from scd_core.config import settings
+
 APP_NAME = "scd-explorer"
-MAX_BYTES_ENV = "SCD_WORKSPACE_MAX_BYTES"
-MIN_AGE_ENV = "SCD_WORKSPACE_MIN_AGE_S"
-DEFAULT_MAX_BYTES = 50 << 30
-DEFAULT_MIN_AGE_S = 600.0
 STALE_TMP_S = 24 * 3600.0
 
 LOGGER = logging.getLogger(__name__)
@@ -51,14 +49,14 @@ _EVICT_LOCK = threading.Lock()
 
 def workspace_dir() -> Path:
     """Root of uploads, demo worlds and distillation runs (created on demand)."""
-    root = Path(os.environ.get("SCD_WORKSPACE") or platformdirs.user_data_dir(APP_NAME))
+    root = settings().workspace or Path(platformdirs.user_data_dir(APP_NAME))
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
 def cache_dir() -> Path:
     """Root of the teacher-output cache (created on demand)."""
-    root = Path(os.environ.get("SCD_CACHE_DIR") or platformdirs.user_cache_dir(APP_NAME))
+    root = settings().cache_dir or Path(platformdirs.user_cache_dir(APP_NAME))
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -75,20 +73,9 @@ def subdir(*parts: str) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        LOGGER.warning("%s=%r is not a number; using %s", name, raw, default)
-        return default
-
-
 def max_bytes() -> int:
     """The workspace size limit: ``SCD_WORKSPACE_MAX_BYTES`` when set, else 50 GiB."""
-    return int(_env_number(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    return settings().workspace_max_bytes
 
 
 def _key(path: str | Path) -> Path:
@@ -178,7 +165,7 @@ def enforce_limit(limit: int | None = None, *, keep: Iterable[str | Path | None]
     removed whatever the size. Returns the removed entries, oldest first. Never raises for I/O errors.
     """
     limit = max_bytes() if limit is None else int(limit)
-    min_age = _env_number(MIN_AGE_ENV, DEFAULT_MIN_AGE_S) if min_age_s is None else float(min_age_s)
+    min_age = settings().workspace_min_age_s if min_age_s is None else float(min_age_s)
     now = time.time() if now is None else now
     kept = [_key(p) for p in keep if p]
     removed: list[Path] = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -24,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from scd_core.config import settings
 from scd_core.errors import TeacherError
 from scd_core.fingerprint import combine, file_sha256, json_sha256
+from scd_core.teachers.hub import hub_offline_reason
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -33,8 +34,6 @@ PICKLED_NAMES = ("pytorch_model.bin", "model.pth", "model.bin")
 HUB_LIST_NAME = "hub_models.txt"
 _SYNSET = re.compile(r"^n\d{8}$")
 _MAX_CONFIG_BYTES = 64 << 20
-MAX_CLASSES_ENV = "SCD_MAX_TEACHER_CLASSES"
-DEFAULT_MAX_CLASSES = 100_000  # ImageNet-22k has 21,843; a larger head is refused before it is allocated
 # Keyword arguments of timm.create_model a config's model_args must not set: they load files or
 # weights (checkpoint_path, pretrained*), or change what is built behind the config's back.
 _FORBIDDEN_MODEL_ARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
@@ -43,12 +42,8 @@ _FORBIDDEN_MODEL_ARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_
 
 
 def max_teacher_classes() -> int:
-    """The largest head accepted: ``SCD_MAX_TEACHER_CLASSES`` when set, else 100,000."""
-    raw = os.environ.get(MAX_CLASSES_ENV, "").strip()
-    try:
-        return int(raw) if raw else DEFAULT_MAX_CLASSES
-    except ValueError:
-        return DEFAULT_MAX_CLASSES
+    """The largest head accepted: ``SCD_MAX_TEACHER_CLASSES`` (default 100,000; ImageNet-22k has 21,843)."""
+    return settings().max_teacher_classes
 
 
 @dataclass(frozen=True)
@@ -201,7 +196,7 @@ def _spec_from_config(name: str, source: str, location: str, config: dict[str, A
         raise TeacherError(f"teacher {name!r}: config.json needs a positive integer 'num_classes'")
     if num_classes > max_teacher_classes():
         raise TeacherError(f"teacher {name!r}: num_classes={num_classes} exceeds the limit of "
-                           f"{max_teacher_classes()} classes ({MAX_CLASSES_ENV})")
+                           f"{max_teacher_classes()} classes (SCD_MAX_TEACHER_CLASSES)")
     labels = resolve_label_names(config, num_classes)
     description = config.get("description", "")
     model_args = config.get("model_args") or {}
@@ -234,6 +229,16 @@ def spec_from_folder(folder: str | Path) -> TeacherSpec:
     return _spec_from_config(folder.name, "folder", str(folder), config, fingerprint)
 
 
+def _config_cached(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = hub_id.partition("@")
+    try:
+        return isinstance(try_to_load_from_cache(repo, CONFIG_NAME, revision=revision or None), str)
+    except Exception:  # a malformed id: let the resolver report it
+        return False
+
+
 def spec_from_hub(name: str) -> TeacherSpec:
     """Resolve ``hf-hub:<repo>`` or a timm pretrained tag; reads config.json from the HF cache.
 
@@ -246,6 +251,9 @@ def spec_from_hub(name: str) -> TeacherSpec:
         from timm.models._hub import load_model_config_from_hf
 
         hub_id = name[len("hf-hub:"):]
+        offline = None if _config_cached(hub_id) else hub_offline_reason()
+        if offline:  # fail in about a second instead of after the HTTP client's retries
+            raise TeacherError(f"cannot resolve {name!r}: it is not in the local Hugging Face cache and {offline}")
         try:
             config, _ = load_model_config_from_hf(hub_id)
         except Exception as exc:

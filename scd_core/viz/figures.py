@@ -1,8 +1,9 @@
 """Plotly figure builders for the app (and notebooks): rankings, label-space matrices, runs, drill-downs.
 
-Every builder takes plain engine objects (a ranking DataFrame, a :class:`~scd_core.ot.plans.LabeledMatrix`,
-run histories, per-image top classes) and returns a ``plotly.graph_objects.Figure`` whose JSON carries
-the class names, so the pages only lay figures out. Nothing here imports streamlit.
+Every builder takes plain engine objects (a :class:`~scd_core.assess.ranking.Ranking`, a
+:class:`~scd_core.ot.plans.LabeledMatrix`, run histories, per-image top classes) and returns a
+``plotly.graph_objects.Figure`` whose JSON carries the class names, so the pages only lay figures out.
+Nothing here imports streamlit.
 
 Label-space matrices are made readable in three ways: only the ``top_k`` teacher classes by mass are
 kept (a 1000- or 21k-class teacher shows its few relevant classes), rows are ordered so that a
@@ -21,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from scd_core.assess.ranking import Ranking
 from scd_core.ot.plans import LabeledMatrix
 
 ROW_ORDERS = ("blocks", "mass", "original")
@@ -62,25 +64,23 @@ def direction_label(higher_is_better: bool) -> str:
     return "higher is better" if higher_is_better else "lower is better"
 
 
-def sort_ranking(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The ranking table sorted best first by ``metric`` (NaN last), using its direction in ``attrs``."""
-    higher = bool(table.attrs.get("metrics", {}).get(metric, {}).get("higher_is_better", True))
-    values = table[metric].astype(float)
-    key = values if higher else -values
-    order = np.lexsort((table.index.to_numpy().astype(str), -key.fillna(-np.inf).to_numpy()))
-    out = table.iloc[order]
-    out.attrs = dict(table.attrs)
-    return out
+def sort_ranking(ranking: Ranking, metric: str) -> pd.DataFrame:
+    """The ranking's display table best first by ``metric`` (NaN last; later budget rounds first)."""
+    return ranking.table(metric)
 
 
-def ranking_bar(table: pd.DataFrame, metric: str) -> go.Figure:
-    """Horizontal bars of one metric per teacher, best at the top and highlighted; title shows direction."""
-    if metric not in table.columns:
+def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
+    """Horizontal bars of one metric per teacher, best at the top and highlighted; title shows direction.
+
+    Where the ranking holds 95% intervals they are drawn as error bars, and near ties of the leader
+    are hatched.
+    """
+    if metric not in ranking.metrics:
         raise ValueError(f"metric {metric!r} is not in the ranking table")
-    higher = bool(table.attrs.get("metrics", {}).get(metric, {}).get("higher_is_better", True))
-    ordered = sort_ranking(table, metric)
-    names = [str(n) for n in ordered.index]
-    values = ordered[metric].astype(float).to_numpy()
+    higher = ranking.metrics[metric].higher_is_better
+    ordered = ranking.ordered(metric)
+    names = [str(t.name) for t in ordered]
+    values = np.array([t.scores.get(metric, np.nan) for t in ordered], dtype=float)
     colours = [BEST_COLOUR if i == 0 else OTHER_COLOUR for i in range(len(names))]
     # Bars start just beyond the worst value, so the longest bar is always the best teacher, whatever
     # the metric's sign and direction (a log-likelihood near 0 would otherwise draw the shortest bar).
@@ -88,11 +88,24 @@ def ranking_bar(table: pd.DataFrame, metric: str) -> go.Figure:
     span = float(np.ptp(finite)) if finite.size else 0.0
     pad = 0.05 * span if span > 0 else max(abs(float(finite[0])) * 0.05, 1e-12) if finite.size else 1.0
     base = (float(finite.min()) - pad if higher else float(finite.max()) + pad) if finite.size else 0.0
-    fig = go.Figure(go.Bar(
+    bar = dict(
         x=(values - base).tolist(), base=base, y=names, orientation="h", marker_color=colours,
         customdata=values.tolist(), text=[f"{v:.4g}" for v in values], textposition="auto",
         hovertemplate="teacher: %{y}<br>value: %{customdata:.5g}<extra></extra>",
-    ))
+    )
+    intervals = [t.intervals.get(metric) for t in ordered]
+    if any(iv is not None for iv in intervals):
+        low = np.array([iv[0] if iv is not None else v for iv, v in zip(intervals, values)], dtype=float)
+        high = np.array([iv[1] if iv is not None else v for iv, v in zip(intervals, values)], dtype=float)
+        bar["error_x"] = {"type": "data", "symmetric": False, "array": np.maximum(high - values, 0).tolist(),
+                          "arrayminus": np.maximum(values - low, 0).tolist(), "color": BASELINE_COLOUR,
+                          "thickness": 1.5}
+        bar["hovertemplate"] = ("teacher: %{y}<br>value: %{customdata[0]:.5g}<br>95% interval: "
+                                "[%{customdata[1]:.5g}, %{customdata[2]:.5g}]<extra></extra>")
+        bar["customdata"] = np.column_stack([values, low, high]).tolist()
+        ties = set(ranking.near_ties) if metric == ranking.rank_by else set()
+        bar["marker_pattern_shape"] = ["/" if n in ties else "" for n in names]
+    fig = go.Figure(go.Bar(**bar))
     arrow = "→ better" if higher else "← better"
     fig.update_layout(
         title=f"{metric} per teacher ({direction_label(higher)}; best in red)",
