@@ -5,11 +5,17 @@ Everything here is computed once before training, from the teacher's outputs on 
 
 **Adaptive teacher weight.** With ``weighting="adaptive"`` the teacher term's lambda is scaled by the
 teacher's *label agreement* :math:`a \in [0, 1]`, measured on the labeled train images before
-training. The ``scd`` term pulls the student toward the target class of least expected cost,
-:math:`\hat y(x) = \arg\min_j (p_t(x) C)_j`; the agreement is how much more often than chance that
-class is the label, :math:`a = \max(0, (\mathrm{acc} - 1/K_s) / (1 - 1/K_s))` (Cohen's kappa against
-a uniform guess). A teacher whose transported predictions say nothing about the labels gets
-:math:`\lambda \approx 0` (the run becomes ``ce``); one that predicts them keeps its full weight.
+training. At the loss's temperature :math:`T`, the ``scd`` term pulls the student toward the target
+class of least expected cost, :math:`\hat y(x) = \arg\min_j (p^T_t(x) C)_j`. With :math:`n` labeled
+images, :math:`\mathrm{acc}_-` is the one-sided 95% Wilson lower bound of how often :math:`\hat y(x)`
+is the label, and
+
+.. math::
+    a = \max\Big(0, \frac{\mathrm{acc}_- - 1/K_s}{1 - 1/K_s}\Big),
+
+a chance-corrected accuracy (Cohen's kappa against a uniform guess) that a teacher has to earn with
+evidence: a teacher whose transported predictions are no better than chance on the labeled images
+gets :math:`\lambda = 0` (the run becomes ``ce``), one that predicts the labels keeps most of its weight.
 """
 
 from __future__ import annotations
@@ -43,18 +49,40 @@ def _cost(outputs: TeacherOutputs, cost: str) -> np.ndarray:
     return ScdMetric(cost).cost_matrix(outputs)
 
 
-def label_agreement(outputs: TeacherOutputs, cost: np.ndarray) -> float:
-    r"""Chance-corrected accuracy of the least-cost target class :math:`\arg\min_j (p_t(x) C)_j` on the
-    labeled images of ``outputs`` (see the module docstring); 0 when no better than a uniform guess."""
-    k = outputs.num_target_classes
-    if outputs.num_samples == 0 or k < 2:
+AGREEMENT_Z = 1.645  # one-sided 95% bound
+
+
+def wilson_lower(hits: int, n: int, z: float = AGREEMENT_Z) -> float:
+    r"""Wilson score lower bound of a proportion :math:`\hat p = \mathrm{hits}/n`:
+    :math:`(\hat p + z^2/2n - z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}) / (1 + z^2/n)`."""
+    if n <= 0:
         return 0.0
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, (centre - spread) / (1 + z * z / n)))
+
+
+def label_agreement(outputs: TeacherOutputs, cost: np.ndarray, temperature: float = 1.0) -> dict:
+    r"""How far the teacher's transported predictions agree with the labels (see the module docstring).
+
+    Returns ``accuracy`` (of :math:`\arg\min_j (p^T_t(x) C)_j`), its Wilson lower bound
+    ``accuracy_lower``, ``n`` and the chance-corrected ``agreement`` in [0, 1] computed from the bound.
+    """
+    k, n = outputs.num_target_classes, outputs.num_samples
+    if n == 0 or k < 2:
+        return {"accuracy": float("nan"), "accuracy_lower": 0.0, "n": n, "agreement": 0.0}
     c = np.asarray(cost, dtype=np.float64)
     hits = 0
-    for rows, p in outputs.iter_probabilities():
-        hits += int(((p.astype(np.float64) @ c).argmin(axis=1) == outputs.labels[rows]).sum())
-    acc = hits / outputs.num_samples
-    return float(max(0.0, (acc - 1.0 / k) / (1.0 - 1.0 / k)))
+    for start in range(0, n, 4096):
+        rows = slice(start, min(start + 4096, n))
+        z = outputs.logit_rows(rows).astype(np.float64) / temperature
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        hits += int(((p @ c).argmin(axis=1) == outputs.labels[rows]).sum())
+    lower = wilson_lower(hits, n)
+    return {"accuracy": hits / n, "accuracy_lower": lower, "n": n,
+            "agreement": float(max(0.0, (lower - 1.0 / k) / (1.0 - 1.0 / k)))}
 
 
 def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str = "prototype",
@@ -90,9 +118,9 @@ def teacher_signal(spec: TeacherSpec, target: TargetSet, data: TrainData, loss_f
     loss_fn.prepare(context, device)
     weight = {"weighting": cfg.weighting, "base": loss_fn.weight, "agreement": None, "lambda": loss_fn.weight}
     if cfg.weighting == "adaptive":
-        agreement = label_agreement(outputs, context.cost)
-        loss_fn.weight = loss_fn.weight * agreement
-        weight.update(agreement=agreement, **{"lambda": loss_fn.weight})
+        agreement = label_agreement(outputs, context.cost, cfg.temperature)
+        loss_fn.weight = loss_fn.weight * agreement["agreement"]
+        weight.update(agreement=agreement["agreement"], evidence=agreement, **{"lambda": loss_fn.weight})
     t_logits, t_feats = teacher_predictions(spec, data.pool, device=device)
     return TeacherSignal(
         logits=torch.from_numpy(t_logits.astype(np.float32)).to(device),
