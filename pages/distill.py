@@ -12,8 +12,9 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
+from scd_core.distill.compare import compare, record_from_job, run_name
+from scd_core.distill.config import DEFAULT_STUDENT, WEIGHTINGS, DistillConfig
 from scd_core.distill.losses import METHODS
-from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
 from scd_core.runtime.jobs import distill_job
 from scd_core.runtime.session import session_dir, zip_folder
 from scd_core.viz.figures import run_comparison, training_curves
@@ -59,7 +60,8 @@ with st.form("distill_form"):
         student = st.selectbox("Student architecture", STUDENTS, key="w_dist_student", **ui.PERSIST,
                                help="timm architecture trained from scratch; test_* are tiny (for quick trials).")
         for key, value in (("w_dist_epochs", 15), ("w_dist_batch", 64), ("w_dist_seed", 0), ("w_dist_lr", 0.0),
-                           ("w_dist_weight", 1.0), ("w_dist_temp", 4.0), ("w_dist_unlabeled", True)):
+                           ("w_dist_weight", 1.0), ("w_dist_temp", 4.0), ("w_dist_unlabeled", True),
+                           ("w_dist_weighting", DistillConfig.weighting)):
             ui.init_widget(key, value)
         epochs = st.number_input("Epochs", 1, 500, key="w_dist_epochs", **ui.PERSIST)
         batch = st.number_input("Batch size", 2, 1024, key="w_dist_batch", **ui.PERSIST)
@@ -68,6 +70,10 @@ with st.form("distill_form"):
         with st.expander("More options"):
             lr = st.number_input("Learning rate (0: default)", 0.0, 10.0, format="%.4f", key="w_dist_lr", **ui.PERSIST)
             weight = st.number_input("Teacher weight λ", 0.0, 100.0, key="w_dist_weight", **ui.PERSIST)
+            weighting = st.radio("Teacher weighting", list(WEIGHTINGS), key="w_dist_weighting", horizontal=True,
+                                 **ui.PERSIST, help="fixed: λ as given. adaptive: λ times how well the teacher's "
+                                                    "transported predictions agree with your labels (0 for a "
+                                                    "teacher no better than chance).")
             temperature = st.number_input("Temperature T", 0.1, 50.0, key="w_dist_temp", **ui.PERSIST)
             use_unlabeled = st.checkbox("Use unlabeled images", key="w_dist_unlabeled", **ui.PERSIST)
     start = st.form_submit_button("Start runs", type="primary")
@@ -83,13 +89,14 @@ if start:
             for teacher in ([None] if method == "ce" else teachers):
                 config = DistillConfig(method=method, student=student, epochs=int(epochs), batch_size=int(batch),
                                        seed=int(seed), device=ui.device(), lr=float(lr) or None, weight=float(weight),
+                                       weighting=weighting,
                                        temperature=float(temperature), use_unlabeled=bool(use_unlabeled))
                 spec = repo.get(teacher) if teacher else None
                 run_dir = session_dir(sid, "runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-                label = f"{method} ← {teacher}" if teacher else "ce (no teacher)"
+                label = f"{run_name(method, teacher, weighting)} · seed {int(seed)} · {time.strftime('%H:%M:%S')}"
                 meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
                         "seed": int(seed), "target": target.name, "target_fp": target.fingerprint,
-                        "run_dir": str(run_dir)}
+                        "run_dir": str(run_dir), "weighting": weighting, "n_val": len(target.split("val"))}
                 try:
                     manager.submit(sid, distill_job(target, spec, config, run_dir), label=label, kind="distill",
                                    meta=meta)
@@ -140,46 +147,40 @@ def _live(jobs: list[dict]) -> None:
         st.info("No runs yet: choose teachers and methods above and press **Start runs**.")
 
 
-def _baseline(job: dict, done: list[dict]) -> float | None:
-    """Validation accuracy of the latest ce run with the same student, epochs and seed."""
-    meta = job["meta"]
-    for other in reversed(done):
-        m = other["meta"]
-        if m.get("method") == "ce" and other["status"] == "finished" and all(
-                m.get(k) == meta.get(k) for k in ("student", "epochs", "seed")):
-            return other["result"]["val_acc"]
-    return None
-
-
 def _comparison(jobs: list[dict]) -> None:
-    done = [j for j in jobs if j["status"] in ("finished", "cancelled") and j["result"]
-            and j["meta"].get("target_fp") == target.fingerprint]
-    if not done:
+    records = [record_from_job(j) for j in jobs if j["meta"].get("target_fp") == target.fingerprint]
+    result = compare(records, n_val=len(target.split("val")), has_test=bool(target.split("test")))
+    if not result.groups:
         return
     st.header("Compare against the ce baseline")
-    rows = []
-    for job in done:
-        result, meta = job["result"], job["meta"]
-        base = _baseline(job, done) if meta.get("method") != "ce" else None
-        rows.append({
-            "run": job["label"], "teacher": meta.get("teacher") or "—", "method": meta.get("method"),
-            "student": meta.get("student"), "epochs": len(result.get("history", [])), "status": job["status"],
-            "val_acc": result.get("val_acc"), "test_acc": result.get("test_acc"),
-            "Δ val vs ce": result.get("val_acc") - base if base is not None else None,
-        })
-    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True, column_config={
-        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
-        "test_acc": st.column_config.NumberColumn("test acc", format="percent"),
-        "Δ val vs ce": st.column_config.NumberColumn(format="percent",
-                                                     help="Validation accuracy minus that of the ce run with the "
-                                                          "same student, epochs and seed."),
-    })
-    baselines = [r["val_acc"] for r in rows if r["method"] == "ce"]
+    for warning in result.warnings:
+        st.warning(warning, icon=":material/info:")
+
+    def pm(mean: float | None, std: float | None) -> str:
+        if mean is None:
+            return "—"
+        return f"{mean:.1%}" + (f" ± {std:.1%}" if std is not None else "")
+
+    rows = [{
+        "teacher / method": g.name + (" (best)" if g.best else ""), "runs": g.n,
+        "val acc (mean ± std)": pm(g.val_mean, g.val_std), "test acc (mean ± std)": pm(g.test_mean, g.test_std),
+        "Δ val vs ce": f"{g.vs_ce.value:+.1%}" if g.vs_ce else "—",
+        f"{result.confidence:.0%} interval": f"[{g.vs_ce.low:+.1%}, {g.vs_ce.high:+.1%}] ({g.vs_ce.source})"
+        if g.vs_ce else "—",
+        "verdict": g.vs_ce.label if g.vs_ce else ("baseline" if g.method == "ce" else "no ce run to compare with"),
+    } for g in result.groups]
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+    if result.test_note:
+        st.caption(result.test_note)
+    if result.excluded:
+        st.caption(f"{len(result.excluded)} cancelled, failed or unfinished run(s) are left out of the comparison "
+                   "(they stay in the history below).")
     chart, _ = st.columns([3, 2])
     with chart:
-        st.plotly_chart(run_comparison([{"label": r["run"], "val_acc": r["val_acc"], "baseline": r["method"] == "ce"}
-                                        for r in rows], baseline=baselines[-1] if baselines else None),
-                        key="dist_compare")
+        base = result.baseline
+        st.plotly_chart(run_comparison([{"label": f"{g.name} (n={g.n})", "val_acc": g.val_mean, "error": g.val_std,
+                                         "baseline": g.method == "ce"} for g in result.groups],
+                                       baseline=base.val_mean if base else None), key="dist_compare")
 
 
 def _history(jobs: list[dict]) -> None:
