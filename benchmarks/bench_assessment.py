@@ -1,4 +1,4 @@
-"""Assessment benchmarks (issue 2): scale to a 21,843-class teacher, and cached re-rank speed.
+"""Assessment benchmarks: scale to a 21,843-class teacher, and cached re-rank speed.
 
 ``scale``: a real timm model (``test_resnet``) with a 21,843-way linear head scores 20,000 real PNG
 images of 100 target classes through the product path (loader, streaming pass, cache, all metrics);
@@ -72,7 +72,7 @@ def bench_scale(quick: bool) -> dict:
         del warm_model
         reset_peak_rss()
         t = time.perf_counter()
-        table = rank(target, repo, device="cpu", batch_size=128)
+        ranking = rank(target, repo, device="cpu", batch_size=128)
         t_rank = time.perf_counter() - t
         peak = peak_rss_bytes()
         n = len(target.assessment_items)
@@ -84,12 +84,12 @@ def bench_scale(quick: bool) -> dict:
             "write_images_s": t_write,
             "load_target_s": t_load,
             "rank_s": t_rank,
-            "timing": table.attrs["timing"],
+            "timing": ranking.timing,
             "baseline_rss_bytes": baseline,
             "peak_rss_bytes": peak,
             "peak_beyond_baseline_bytes": peak - baseline,
             "n_x_kt_float32_bytes": n * n_classes_t * 4,
-            "scores": {k: float(v) for k, v in table.iloc[0].items() if k not in ("num_classes", "images")},
+            "scores": dict(ranking.teachers[0].scores),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -118,10 +118,10 @@ def bench_rerank(quick: bool) -> dict:
                          data_config={"input_size": (3, size, size), "crop_pct": 1.0})
         repo = TeacherRepository.from_folder(work / "repo")
         t = time.perf_counter()
-        cold = rank(target, repo, device="cpu")
+        cold = rank(target, repo, device="cpu").table()
         t_cold = time.perf_counter() - t
         t = time.perf_counter()
-        warm = rank(target, repo, device="cpu")
+        warm = rank(target, repo, device="cpu").table()
         t_warm = time.perf_counter() - t
         assert list(cold.index) == list(warm.index)
         np.testing.assert_allclose(cold["scd"].to_numpy(), warm["scd"].to_numpy())

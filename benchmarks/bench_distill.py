@@ -57,9 +57,9 @@ def _reused(world: str) -> dict[tuple, list[float]]:
 def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | None) -> dict:
     from dataclasses import asdict, replace
 
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.distill.trainer import DistillConfig, distill
     from scd_core.errors import ScdError
+    from scd_core.sources import as_repository, as_target
 
     target_dir, teachers_dir = worlds.world_paths(name, size, root)
     target, repo = as_target(target_dir), as_repository(teachers_dir)

@@ -1,4 +1,4 @@
-"""Ranking benchmark (issue 6, parts 1 and 2): is the ranking right, and what does it cost?
+"""Ranking benchmark: is the ranking right, and what does it cost?
 
 Per demo world, in one run:
 
@@ -35,13 +35,14 @@ def tau_sweep(target, repo, accuracy: dict[str, float]) -> dict:
     """Agreement of the contrastive SCD score at each temperature, with both costs (cached outputs)."""
     from scd_core.assess.metrics import ScdMetric
     from scd_core.assess.validate import ranking_agreement
+    from scd_core.ot.costs import COSTS
     from scd_core.outputs.forward import teacher_outputs
 
     names = list(accuracy)
     outputs = {n: teacher_outputs(repo.get(n), target, target.assessment_items) for n in names}
     acc = np.array([accuracy[n] for n in names])
     sweep = {}
-    for cost in ("prototype", "conditional"):
+    for cost in COSTS:
         for tau in TAUS:
             metric = ScdMetric(cost, tau=tau)
             scores = np.array([metric.score(outputs[n]) for n in names])
@@ -63,9 +64,10 @@ def ground_truth(path: str | None, world: str) -> dict | None:
 
 def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | None,
               reuse: str | None = None) -> dict:
-    from scd_core.assess.ranking import as_repository, as_target, rank
+    from scd_core.assess.ranking import rank
     from scd_core.assess.validate import ranking_agreement, validate
     from scd_core.distill.trainer import DistillConfig
+    from scd_core.sources import as_repository, as_target
 
     target_dir, teachers_dir = worlds.world_paths(name, size, root)
     target, repo = as_target(target_dir), as_repository(teachers_dir)

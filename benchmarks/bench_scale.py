@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 6): time and peak memory of the assessment's streaming pass as N and K_t grow.
+"""Scale benchmark: time and peak memory of the assessment's streaming pass as N and K_t grow.
 
 Each configuration (N images, K_t teacher classes) runs in a fresh subprocess, for a clean peak
 (Linux VmHWM, reset after the set-up), and drives the product code end to end: ``scd_core.assess.ranking.rank``

@@ -1,6 +1,6 @@
 """Benchmark: batched torch Sinkhorn (scd_core.ot.transport.sinkhorn) against POT on the same problems.
 
-Headline (issue 6): a batch of 256 problems of 1000 x 100 (K_t x K_s) sharing one random cost scaled
+Headline: a batch of 256 problems of 1000 x 100 (K_t x K_s) sharing one random cost scaled
 to [0, 1], eps = 0.05, target "at least 20x faster than a loop of ot.sinkhorn2 at the same accuracy".
 Every row is timed in one run, on the same problems, with the same tolerance ``tol = 1e-9`` and
 iteration cap for every solver:

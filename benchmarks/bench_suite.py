@@ -58,8 +58,8 @@ def student(task: tuple[str, str, int]) -> dict:
     cache = suite_root() / name / "students" / f"{teacher}-seed{seed}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.distill.trainer import DistillConfig, distill
+    from scd_core.sources import as_repository, as_target
 
     root = suite_root() / name
     target, repo = as_target(root / "target"), as_repository(root / "teachers")

@@ -1,4 +1,4 @@
-"""GPU check (issue 6): everything that needs a CUDA device, in one short script (< 5 minutes).
+"""GPU check: everything that needs a CUDA device, in one short script (< 5 minutes).
 
 Steps, each timed and recorded even when another fails:
 

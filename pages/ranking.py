@@ -81,8 +81,13 @@ rank_by = st.columns([2, 3])[0].selectbox(
     format_func=lambda m: f"{m} ({direction_label(info[m].higher_is_better)})")
 ordered = sort_ranking(ranking, rank_by)
 best = str(ordered.index[0])
+ties = ranking.near_ties_for(rank_by)
 st.session_state["best_teacher"] = best
 st.success(f"Best teacher by **{rank_by}**: **{best}**")
+if ties:
+    st.warning(f"**Near tie**: the 95% interval of {', '.join(f'**{t}**' for t in ties)} overlaps **{best}**'s, "
+               "so these images cannot tell which is better. Distill both, or label more images.",
+               icon=":material/balance:")
 
 
 def _arrow(metric: str) -> str:
@@ -91,6 +96,10 @@ def _arrow(metric: str) -> str:
 
 shown = ordered.rename(columns={m: _arrow(m) for m in metric_names})
 shown.insert(0, "rank", range(1, len(shown) + 1))
+bounds = {t.name: t.intervals.get(rank_by) for t in ranking.teachers}
+shown.insert(1, "near tie", ["≈ best" if name in ties else "" for name in ordered.index])
+shown[f"{rank_by} 95% interval"] = [f"[{b[0]:.4f}, {b[1]:.4f}]" if b is not None else "–"
+                                    for b in (bounds[name] for name in ordered.index)]
 
 
 def _highlight_best(column: pd.Series) -> list[str]:
@@ -106,11 +115,14 @@ column_config = {_arrow(m): st.column_config.NumberColumn(help=f"{info[m].descri
                                                                f"({direction_label(info[m].higher_is_better)})")
                  for m in metric_names}
 column_config["num_classes"] = st.column_config.NumberColumn("teacher classes")
+column_config["near tie"] = st.column_config.TextColumn(help="Its 95% interval overlaps the best teacher's: "
+                                                             "distill both, or label more images.")
 column_config["images"] = st.column_config.NumberColumn("images scored",
                                                         help="Labeled images the scores came from (budget rounds "
                                                              "use subsets).")
 st.subheader("Ranking table")
-st.caption("↑ higher is better, ↓ lower is better; the best value of each metric is highlighted.")
+st.caption("↑ higher is better, ↓ lower is better; the best value of each metric is highlighted. The interval is a "
+           "95% bootstrap interval over the assessment images; **≈ best** marks a near tie with the best teacher.")
 st.dataframe(styled, width="stretch", column_config=column_config)
 timing = ranking.timing
 if timing:

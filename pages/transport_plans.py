@@ -6,6 +6,7 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
+from scd_core.ot.costs import COSTS
 from scd_core.viz.figures import ROW_ORDERS, class_sources, image_flow, matrix_heatmap
 
 st.title("Transport plans")
@@ -38,9 +39,8 @@ with controls[0]:
     kind = st.radio("Matrix", ["plan", "joint", "cost"], horizontal=True, key="w_plan_kind", **ui.PERSIST,
                     format_func={"plan": "plan G", "joint": "soft joint J", "cost": "cost C"}.get)
 with controls[1]:
-    cost = st.selectbox("Cost", ["prototype", "conditional"], key="w_plan_cost", **ui.PERSIST, disabled=kind == "joint",
-                        help="prototype: cosine between head rows and target class means; conditional: "
-                             "-log P(target | teacher class) from the soft joint.")
+    cost = st.selectbox("Cost", list(COSTS), key="w_plan_cost", **ui.PERSIST, disabled=kind == "joint",
+                        help="; ".join(f"{c.name}: {c.description}" for c in COSTS.values()))
 with controls[2]:
     eps = st.select_slider("Entropic regularisation (plan)", options=[0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
                            key="w_plan_eps", **ui.PERSIST, disabled=kind != "plan",

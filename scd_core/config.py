@@ -222,10 +222,14 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(k for k in environ if k.startswith("SCD_") and k not in FIELD_BY_ENV)
 
 
+_WARNED: set[tuple[str, ...]] = set()
+
+
 def check_environment() -> Settings:
-    """Validate the settings at start-up (raises ScdError) and warn about unknown ``SCD_*`` variables."""
-    unknown = unknown_variables()
-    if unknown:
+    """Validate the settings at start-up (raises ScdError) and warn, once, about unknown ``SCD_*`` variables."""
+    unknown = tuple(unknown_variables())
+    if unknown and unknown not in _WARNED:
+        _WARNED.add(unknown)
         LOGGER.warning("unknown settings ignored: %s (known: %s)", ", ".join(unknown),
                        ", ".join(f.env for f in FIELDS if f.env.startswith("SCD_")))
     return settings()

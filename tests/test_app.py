@@ -106,6 +106,14 @@ def test_demo_flow_end_to_end():
     clean(at.run())
     budgeted = at.dataframe[0].value
     assert "round" in budgeted.columns and budgeted["images"].min() < budgeted["images"].max()  # successive halving
+    # on half the images, near_identical and superset stay within each other's 95% scd intervals
+    at.selectbox(key="w_rank_by").set_value("scd")
+    clean(at.run())
+    by_scd = at.dataframe[0].value
+    assert "scd 95% interval" in by_scd.columns and set(by_scd.index[by_scd["near tie"] != ""]) <= {"superset",
+                                                                                                   "near_identical"}
+    assert "≈ best" in set(by_scd["near tie"])
+    assert any("Distill both, or label more images" in w.value for w in at.warning)
 
     at.switch_page("pages/transport_plans.py")
     clean(at.run())

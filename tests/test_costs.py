@@ -97,3 +97,33 @@ def test_conditional_cost_edge_cases():
         conditional_cost(np.array([[0.5, -0.1], [0.3, 0.3]]))
     with pytest.raises(ValueError):
         conditional_cost(np.ones((2, 2)), smoothing=-1.0)
+
+
+def test_cost_registry_is_the_one_interface():
+    from scd_core.assess.metrics import ScdMetric
+    from scd_core.cli.main import build_parser
+    from scd_core.errors import ScdError
+    from scd_core.ot import costs
+    from scd_core.outputs.streaming import TeacherOutputs
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(12) % 3
+    outputs = TeacherOutputs.from_arrays(rng.normal(size=(12, 4)).astype(np.float16), labels, num_target_classes=3,
+                                         features=rng.normal(size=(12, 5)).astype(np.float32),
+                                         head_weight=rng.normal(size=(4, 5)))
+    assert next(iter(costs.COSTS)) == costs.DEFAULT_COST == "prototype"
+    assert all(c.description for c in costs.COSTS.values())
+    np.testing.assert_allclose(costs.cost_matrix(outputs, "conditional"), conditional_cost(outputs.joint))
+    sums = outputs.class_feature_sums
+    np.testing.assert_allclose(costs.cost_matrix(outputs),
+                               prototype_cost(outputs.head_weight, sums, outputs.class_counts, sums.sum(0) / 12))
+    with pytest.raises(ScdError, match="unknown cost 'euclid'; valid costs: prototype, conditional"):
+        costs.cost_matrix(outputs, "euclid")
+    plan = build_parser()._subparsers._group_actions[0].choices["plan"]
+    assert next(a for a in plan._actions if a.dest == "cost").choices == list(costs.COSTS)
+    # a newly registered cost is usable by name everywhere, e.g. by the scd metric
+    try:
+        costs.register_cost("uniform", "Every pair costs the same.")(lambda out, **_: np.full(out.joint.shape, 0.5))
+        assert ScdMetric("uniform", form="cost").score(outputs) == pytest.approx(0.5)
+    finally:
+        costs.COSTS.pop("uniform", None)

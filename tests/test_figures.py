@@ -55,6 +55,17 @@ def test_ranking_bar_puts_the_best_first_highlighted_with_direction():
         ranking_bar(table, "logme")
 
 
+def test_ranking_bar_draws_intervals_as_error_bars_and_marks_near_ties():
+    teachers = (TeacherScore("a", 5, 30, {"scd": 0.9}, {"scd": (0.8, 1.0)}),
+                TeacherScore("b", 5, 30, {"scd": 0.85}, {"scd": (0.7, 0.95)}),
+                TeacherScore("c", 5, 30, {"scd": 0.2}, {"scd": (0.1, 0.3)}))
+    bar = _spec(ranking_bar(Ranking(teachers, {"scd": MetricInfo("scd", True)}, rank_by="scd"), "scd"))["data"][0]
+    assert bar["y"] == ["a", "b", "c"]
+    assert np.allclose(bar["error_x"]["array"], [0.1, 0.1, 0.1]) and np.allclose(bar["error_x"]["arrayminus"],
+                                                                                  [0.1, 0.15, 0.1])
+    assert bar["marker"]["pattern"]["shape"] == ["", "/", ""]
+
+
 def test_sort_ranking_puts_nan_last():
     table = _ranking(scd=(0.4, 0.2, np.nan))
     assert list(sort_ranking(table, "scd").index) == ["b", "a", "c"]

@@ -1,4 +1,4 @@
-"""Hardening (issue 7): every hostile input the engine must refuse, and the real-world inputs it must accept.
+"""Hardening: every hostile input the engine must refuse, and the real-world inputs it must accept.
 
 Each table below is a list of named cases; the test ids carry the names, so
 ``pytest --collect-only -q tests/test_hardening.py`` lists every input tried, and

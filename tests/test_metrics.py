@@ -15,6 +15,7 @@ from scd_core.assess.metrics import (
     Metric,
     ScdMetric,
     _spectrum,
+    contrastive_score_from_chunks,
     get_metric,
     hscore,
     hscore_plain,
@@ -23,10 +24,9 @@ from scd_core.assess.metrics import (
     leep_from_probs,
     logme_evidences,
     logme_score,
+    mean_label_cost,
     nce_from_hard_joint,
     nce_from_labels,
-    scd_contrast_from_chunks,
-    scd_from_joint,
     score_all,
 )
 from scd_core.errors import ScdError
@@ -207,10 +207,10 @@ def test_scd_equals_explicit_sum_over_images():
     probs = softmax_np(logits).astype(np.float64)
     explicit = np.mean(np.sum(probs * cost[:, y].T, axis=1))  # (1/N) sum_n sum_i p_i(x_n) C_{i,y_n}
     # J is accumulated from float32 probabilities: equal up to float32 rounding of p.
-    assert scd_from_joint(outputs.joint, cost) == pytest.approx(explicit, rel=1e-6)
-    assert scd_from_joint(joint_from_probs(probs, y, k_s), cost) == pytest.approx(explicit, rel=1e-12)
+    assert mean_label_cost(outputs.joint, cost) == pytest.approx(explicit, rel=1e-6)
+    assert mean_label_cost(joint_from_probs(probs, y, k_s), cost) == pytest.approx(explicit, rel=1e-12)
     with pytest.raises(ValueError):
-        scd_from_joint(outputs.joint, cost[:, :2])
+        mean_label_cost(outputs.joint, cost[:, :2])
 
 
 def test_scd_metric_costs_and_fallback():
@@ -236,14 +236,14 @@ def test_scd_contrast_worked_by_hand():
     ll = [-d[n, y] / tau - np.log(np.exp(-d[n] / tau).sum()) for n, y in enumerate(labels)]
     expected = float(np.mean(ll))
     assert expected == pytest.approx(np.mean([-np.log1p(np.exp(-2.0)), -np.log(2.0), -1.6 - np.log1p(np.exp(-1.6))]))
-    assert scd_contrast_from_chunks(cost, [(probs[:2], labels[:2]), (probs[2:], labels[2:])], tau) == \
+    assert contrastive_score_from_chunks(cost, [(probs[:2], labels[:2]), (probs[2:], labels[2:])], tau) == \
         pytest.approx(expected, rel=1e-12)
     # invariant to an affine rescaling of the cost (min-max normalised), and -log K_s for a constant prediction
-    assert scd_contrast_from_chunks(3 * cost + 2, [(probs, labels)], tau) == pytest.approx(expected, rel=1e-12)
+    assert contrastive_score_from_chunks(3 * cost + 2, [(probs, labels)], tau) == pytest.approx(expected, rel=1e-12)
     flat = np.full((4, 2), 0.5)
-    assert scd_contrast_from_chunks(cost, [(flat, np.array([0, 1, 0, 1]))], tau) == pytest.approx(-np.log(2.0))
+    assert contrastive_score_from_chunks(cost, [(flat, np.array([0, 1, 0, 1]))], tau) == pytest.approx(-np.log(2.0))
     with pytest.raises(ValueError):
-        scd_contrast_from_chunks(cost, [(probs, labels)], tau=0.0)
+        contrastive_score_from_chunks(cost, [(probs, labels)], tau=0.0)
 
 
 def test_scd_contrast_prefers_the_discriminative_teacher_that_mean_cost_misses():
@@ -255,9 +255,9 @@ def test_scd_contrast_prefers_the_discriminative_teacher_that_mean_cost_misses()
     sharp_probs = np.where(labels[:, None] == np.arange(2)[None, :], 0.9, 0.1)  # tells the classes apart
     j_cheap = joint_from_probs(probs, labels, 2)
     j_sharp = joint_from_probs(sharp_probs, labels, 2)
-    assert scd_from_joint(j_cheap, cheap_everywhere) < scd_from_joint(j_sharp, sharp)  # mean cost is fooled
-    assert scd_contrast_from_chunks(sharp, [(sharp_probs, labels)]) > \
-        scd_contrast_from_chunks(cheap_everywhere, [(probs, labels)])
+    assert mean_label_cost(j_cheap, cheap_everywhere) < mean_label_cost(j_sharp, sharp)  # mean cost is fooled
+    assert contrastive_score_from_chunks(sharp, [(sharp_probs, labels)]) > \
+        contrastive_score_from_chunks(cheap_everywhere, [(probs, labels)])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from helpers import (
 )
 from PIL import Image
 
-import scd_core.data.images
 from scd_core.data.images import check_image_bytes, load_rgb
 from scd_core.data.targets import UNLABELED_INDEX, TargetImageDataset, load_target
 from scd_core.errors import TargetSetError
@@ -562,7 +561,7 @@ def test_error_nonexistent_path(tmp_path):
 def test_error_image_over_pixel_limit(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "ds", {"a": 2, "b": 2}, size=16)
     write_image(root / "b" / "huge.png", size=(40, 30))
-    monkeypatch.setattr(scd_core.data.images, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setenv("SCD_MAX_IMAGE_PIXELS", "1000")
     _refused(root, r"b/huge\.png: image of 40x30 pixels exceeds the limit of 1000 pixels")
     with pytest.raises(TargetSetError, match="exceeds the limit"):
         load_rgb(root / "b" / "huge.png")

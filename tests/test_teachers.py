@@ -14,6 +14,7 @@ from helpers import make_teacher, write_teacher_config
 from timm.data import ImageNetInfo
 
 from scd_core.errors import TeacherError
+from scd_core.sources import open_repository
 from scd_core.teachers.repository import (
     TeacherRepository,
     linear_head,
@@ -217,9 +218,9 @@ def test_repository_from_folder(tmp_path):
     assert teachers.select(None) == teachers.specs
     with pytest.raises(TeacherError, match=r"no teacher named 'beta' in the repository \(have: Mid, alpha, zeta\)"):
         teachers.get("beta")
-    assert TeacherRepository.from_spec(repo).names == teachers.names
-    assert TeacherRepository.from_spec(repo / "zeta").names == ["zeta"]  # one teacher folder
-    both = TeacherRepository.from_spec(f"{repo / 'zeta'}, {repo / 'alpha'}")
+    assert open_repository(repo).names == teachers.names
+    assert open_repository(repo / "zeta").names == ["zeta"]  # one teacher folder
+    both = open_repository(f"{repo / 'zeta'}, {repo / 'alpha'}")
     assert both.names == ["zeta", "alpha"]
 
 
@@ -230,13 +231,13 @@ def test_repository_errors(tmp_path):
     with pytest.raises(TeacherError, match="holds no teacher folders"):
         TeacherRepository.from_folder(tmp_path / "empty")
     with pytest.raises(TeacherError, match="does not exist"):
-        TeacherRepository.from_spec(str(tmp_path / "missing" / "x"))
+        open_repository(str(tmp_path / "missing" / "x"))
     with pytest.raises(TeacherError, match="empty teacher repository"):
-        TeacherRepository.from_spec("  ")
+        open_repository("  ")
     make_teacher(tmp_path / "a" / "same", 2)
     make_teacher(tmp_path / "b" / "same", 2)
     with pytest.raises(TeacherError, match="duplicate teacher names in repository: same"):
-        TeacherRepository.from_spec(f"{tmp_path / 'a' / 'same'},{tmp_path / 'b' / 'same'}")
+        open_repository(f"{tmp_path / 'a' / 'same'},{tmp_path / 'b' / 'same'}")
 
 
 def test_hub_models_listed_without_network(tmp_path, empty_hf_cache):
@@ -261,8 +262,8 @@ def test_hub_names_errors_offline(empty_hf_cache):
     with pytest.raises(TeacherError, match="neither a folder, an hf-hub: name nor a timm model name"):
         spec_from_hub("no_such_model_xyz")
     with pytest.raises(TeacherError, match="neither a folder"):
-        TeacherRepository.from_spec("no_such_model_xyz")
-    assert TeacherRepository.from_spec(HUB_TAG).names == [HUB_TAG]
+        open_repository("no_such_model_xyz")
+    assert open_repository(HUB_TAG).names == [HUB_TAG]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -224,15 +224,17 @@ def _stamp(path: Path) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _load_target_cached(spec: str, extract_dir: str | None, stamp: str):
-    from scd_core.data.targets import load_target
+    from scd_core.sources import load_target
 
     return load_target(spec, extract_dir=Path(extract_dir) if extract_dir else None)
 
 
 def load_target_spec(spec: str):
     """The validated target set of ``spec`` (cached per spec and file stamp). Raises TargetSetError."""
-    if spec.startswith("demo:"):
-        world = spec[len("demo:"):]
+    from scd_core.sources import parse_source
+
+    kind, world = parse_source(spec)
+    if kind == "demo":
         ensure_demo(world)
         from scd_core.demo.worlds import world_dir
 

@@ -5,7 +5,7 @@ set of N images, K_s target classes, K_t teacher classes, features of dimension 
 number. ``higher_is_better`` gives the direction; :data:`METRICS` is the registry used by the CLI and
 the app (``scd``, ``scd_cost``, ``scd_conditional``, ``leep``, ``nce``, ``logme``, ``hscore``).
 
-The array-level functions (:func:`scd_from_joint`, :func:`leep_from_probs`, :func:`nce_from_hard_joint`,
+The array-level functions (:func:`mean_label_cost`, :func:`leep_from_probs`, :func:`nce_from_hard_joint`,
 :func:`logme_score`, :func:`hscore`, :func:`hscore_plain`) hold the math and are what the metric classes
 call; they are public for tests and benchmarks. Feature metrics work in float64 on the eigenvalues of
 the smaller of the two Gram matrices F^T F (d x d) and F F^T (N x N), accumulated in chunks, so neither
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from scd_core.errors import ScdError
-from scd_core.ot.costs import conditional_cost, prototype_cost, rescale_unit
+from scd_core.ot.costs import DEFAULT_COST, cost_matrix, get_cost, rescale_unit
 from scd_core.outputs.streaming import TeacherOutputs
 
 _CHUNK_ROWS = 8192
@@ -34,8 +34,8 @@ _CHUNK_COLS = 2048
 # ----------------------------------------------------------------------------------------------------
 
 
-def scd_from_joint(joint: np.ndarray, cost: np.ndarray) -> float:
-    """SCD score <J, C> = sum_ij J_ij C_ij (lower is better).
+def mean_label_cost(joint: np.ndarray, cost: np.ndarray) -> float:
+    """The mean label cost <J, C> = sum_ij J_ij C_ij (``scd_cost``; lower is better).
 
     With J = (1/N) sum_n p(x_n) e_{y_n}^T this equals (1/N) sum_n sum_i p_i(x_n) C_{i, y_n}, the mean
     optimal-transport cost from each teacher prediction p(x_n) to the Dirac mass on its label y_n (the
@@ -49,10 +49,10 @@ def scd_from_joint(joint: np.ndarray, cost: np.ndarray) -> float:
 
 
 SCD_TAU = 0.5
-"""Default Gibbs temperature of :func:`scd_contrast_from_chunks`, in units of the cost's range (README)."""
+"""Default Gibbs temperature of :func:`contrastive_score_from_chunks`, in units of the cost's range (README)."""
 
 
-def scd_contrast_from_chunks(cost: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+def contrastive_score_from_chunks(cost: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
                              tau: float = SCD_TAU) -> float:
     r"""Contrastive SCD: how much cheaper it is to transport each prediction to its own label (higher is better).
 
@@ -65,7 +65,7 @@ def scd_contrast_from_chunks(cost: np.ndarray, chunks: Iterable[tuple[np.ndarray
         \mathrm{SCD} = \frac{1}{N} \sum_n \log \frac{\exp(-D_{n y_n} / \tau)}{\sum_j \exp(-D_{nj} / \tau)}
         \in (-\infty, 0].
 
-    The plain mean cost :math:`\langle J, C\rangle = \frac{1}{N}\sum_n D_{n y_n}` (:func:`scd_from_joint`)
+    The plain mean cost :math:`\langle J, C\rangle = \frac{1}{N}\sum_n D_{n y_n}` (:func:`mean_label_cost`)
     only looks at the label's own cost, so a teacher whose classes are cheap to send anywhere scores
     well without telling the classes apart; the partition function compares each label's cost with
     the cost of every other label. An uninformative teacher scores about :math:`-\log K_s`.
@@ -86,6 +86,31 @@ def scd_contrast_from_chunks(cost: np.ndarray, chunks: Iterable[tuple[np.ndarray
     if count == 0:
         raise ScdError("SCD needs at least one labeled image")
     return total / count
+
+
+def contrastive_log_likelihoods(cost: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+                                tau: float = SCD_TAU) -> np.ndarray:
+    r"""Per-image terms of :func:`contrastive_score_from_chunks`, shape (B,), float64.
+
+    :math:`\log \operatorname{softmax}_j(-D_{nj} / \tau)_{y_n}` with :math:`D = p \tilde C` and
+    :math:`\tilde C` the min-max rescaled cost; their mean over the images is the ``scd`` score.
+    """
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    c = rescale_unit(cost)
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs)
+    z = -(probs @ c.astype(probs.dtype, copy=False)).astype(np.float64) / tau  # (B, K_s)
+    z -= z.max(axis=1, keepdims=True)
+    return z[np.arange(labels.shape[0]), labels] - np.log(np.exp(z).sum(axis=1))
+
+
+def label_costs(cost: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-image OT cost to the label, (p(x_n)^T C)_{y_n}, shape (B,); their mean is :func:`mean_label_cost`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs)
+    c = np.asarray(cost, dtype=np.float64)
+    return np.einsum("nk,kn->n", probs.astype(np.float64), c[:, labels])
 
 
 def _conditional_from_joint(joint: np.ndarray) -> np.ndarray:
@@ -121,6 +146,14 @@ def leep_from_chunks(joint: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.nd
     if count == 0:
         raise ScdError("LEEP needs at least one labeled image")
     return total / count
+
+
+def leep_log_eeps(cond: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-image LEEP terms log sum_z p(z | x_n) P(y_n | z), shape (B,), floored at the smallest float64."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs)
+    eep = (probs @ cond.astype(probs.dtype, copy=False))[np.arange(labels.shape[0]), labels].astype(np.float64)
+    return np.log(np.maximum(eep, np.finfo(np.float64).tiny))
 
 
 def joint_from_probs(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -385,10 +418,36 @@ class Metric(ABC):
     higher_is_better: bool = True
     needs_features: bool = False
     description: str = ""
+    mean_over_images: bool = False
+    """True when the score is exactly the mean of :meth:`per_image` (then one pass gives both)."""
 
     @abstractmethod
     def score(self, outputs: TeacherOutputs) -> float:
         """The metric of one teacher on one target set."""
+
+    def per_image(self, outputs: TeacherOutputs) -> np.ndarray | None:
+        """Per-image contributions (N,) whose mean over the images is (or approximates) the score.
+
+        None for metrics that are not a mean over images. The teacher-level statistics a metric
+        uses (the cost, P(y | z)) are held fixed, so resampling these values measures how the
+        score varies with the choice of images given those statistics.
+        """
+        return None
+
+    def resample(self, outputs: TeacherOutputs, counts: np.ndarray) -> np.ndarray:
+        """Scores (B,) under bootstrap resamples of the images: ``counts`` (B, N), each row summing to N.
+
+        Metrics with :meth:`per_image` values reweight them (one (B, N) x (N,) product); the others
+        override this.
+        """
+        values = self.per_image(outputs)
+        if values is None:
+            raise NotImplementedError(f"{self.name} has no bootstrap")
+        return counts @ values / counts.sum(axis=1)
+
+    def score_rows(self, outputs: TeacherOutputs, index: np.ndarray) -> float:
+        """The score on the images ``index`` only (feature metrics, for half-sample intervals)."""
+        raise NotImplementedError(f"{self.name} cannot be scored on a subset of rows")
 
     def info(self) -> dict[str, Any]:
         """JSON-ready description: ``{"higher_is_better", "needs_features", "description"}``."""
@@ -406,53 +465,51 @@ class Metric(ABC):
 class ScdMetric(Metric):
     """SCD teacher assessment from the teacher-to-target cost C, in one of two forms.
 
-    ``form="contrast"`` (the default ``scd``, higher is better): :func:`scd_contrast_from_chunks`, the
+    ``form="contrast"`` (the default ``scd``, higher is better): :func:`contrastive_score_from_chunks`, the
     mean log-likelihood of each label under a Gibbs distribution of the OT costs from the prediction
     to every target class (a second, streamed pass over the stored logits, like LEEP).
-    ``form="cost"`` (``scd_cost``, lower is better): the SPEC's starting point, the mean OT cost from
-    each prediction to its label, <J, C> (:func:`scd_from_joint`), from the joint alone.
+    ``form="cost"`` (``scd_cost``, lower is better): the plain form of the score, the mean OT cost from
+    each prediction to its label, <J, C> (:func:`mean_label_cost`), from the joint alone.
 
-    ``cost="prototype"``: C from :func:`scd_core.ot.costs.prototype_cost` (cosine between head rows and
-    centred target class means), falling back to the conditional cost when the teacher's head is
-    not linear (``head_weight is None``); ``cost="conditional"``: C_ij = clip(-log P(j | i) / log K_s).
+    ``cost`` names a cost of the registry :data:`scd_core.ot.costs.COSTS` (``prototype``: cosine between
+    head rows and centred target class means, the conditional cost for non-linear heads;
+    ``conditional``: C_ij = clip(-log P(j | i) / log K_s)).
     Why the default is the contrastive prototype form: benchmarks/results/ranking.md and the README.
     """
 
     needs_features = False  # uses class_feature_sums only
 
-    def __init__(self, cost: str = "prototype", form: str = "contrast", name: str | None = None,
+    def __init__(self, cost: str = DEFAULT_COST, form: str = "contrast", name: str | None = None,
                  smoothing: float = 1e-3, tau: float = SCD_TAU, chunk_size: int | None = None) -> None:
-        if cost not in ("prototype", "conditional"):
-            raise ScdError(f"unknown SCD cost {cost!r}; valid: prototype, conditional")
+        registered = get_cost(cost)  # an unknown cost name raises ScdError listing the registered ones
         if form not in ("contrast", "cost"):
             raise ScdError(f"unknown SCD form {form!r}; valid: contrast, cost")
         self.cost, self.form = cost, form
         self.smoothing, self.tau, self.chunk_size = smoothing, tau, chunk_size
         self.higher_is_better = form == "contrast"
-        default = "scd" + ("" if cost == "prototype" else f"_{cost}") + ("" if form == "contrast" else "_cost")
+        self.mean_over_images = form == "contrast"
+        default = "scd" + ("" if cost == DEFAULT_COST else f"_{cost}") + ("" if form == "contrast" else "_cost")
         self.name = name or default
-        cost_text = ("prototype cost (conditional for non-linear heads)" if cost == "prototype"
-                     else "conditional cost -log P(y|z)")
+        cost_text = f"{cost} cost ({registered.description.rstrip('.')})"
         self.description = (
             f"Mean log-likelihood of the label under exp(-OT(p, e_y) / {tau:g}), {cost_text}; higher is better."
             if form == "contrast" else
             f"Mean OT cost from each teacher prediction to its label, <J, C>, {cost_text}; lower is better."
         )
 
-    def cost_matrix(self, outputs: TeacherOutputs) -> np.ndarray:
-        """The teacher-to-target cost C (K_t x K_s) in [0, 1] used by this metric."""
-        if self.cost == "prototype" and outputs.head_weight is not None:
-            sums = np.asarray(outputs.class_feature_sums, dtype=np.float64)
-            feature_mean = sums.sum(axis=0) / max(outputs.num_samples, 1)
-            return prototype_cost(outputs.head_weight, sums, outputs.class_counts, feature_mean)
-        return conditional_cost(outputs.joint, smoothing=self.smoothing)
-
     def score(self, outputs: TeacherOutputs) -> float:
-        cost = self.cost_matrix(outputs)
+        cost = cost_matrix(outputs, self.cost, smoothing=self.smoothing)
         if self.form == "cost":
-            return scd_from_joint(outputs.joint, cost)
+            return mean_label_cost(outputs.joint, cost)
         chunks = ((p, outputs.labels[rows]) for rows, p in outputs.iter_probabilities(self.chunk_size))
-        return scd_contrast_from_chunks(cost, chunks, self.tau)
+        return contrastive_score_from_chunks(cost, chunks, self.tau)
+
+    def per_image(self, outputs: TeacherOutputs) -> np.ndarray:
+        cost = cost_matrix(outputs, self.cost, smoothing=self.smoothing)
+        parts = [contrastive_log_likelihoods(cost, p, outputs.labels[rows], self.tau) if self.form == "contrast"
+                 else label_costs(cost, p, outputs.labels[rows])
+                 for rows, p in outputs.iter_probabilities(self.chunk_size)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
 
 class LeepMetric(Metric):
@@ -470,9 +527,17 @@ class LeepMetric(Metric):
     def __init__(self, chunk_size: int | None = None) -> None:
         self.chunk_size = chunk_size  # None: iter_probabilities' default, about 64 MB whatever K_t
 
+    mean_over_images = True
+
     def score(self, outputs: TeacherOutputs) -> float:
         chunks = ((p, outputs.labels[rows]) for rows, p in outputs.iter_probabilities(self.chunk_size))
         return leep_from_chunks(outputs.joint, chunks)
+
+    def per_image(self, outputs: TeacherOutputs) -> np.ndarray:
+        cond = _conditional_from_joint(outputs.joint)
+        parts = [leep_log_eeps(cond, p, outputs.labels[rows])
+                 for rows, p in outputs.iter_probabilities(self.chunk_size)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
 
 class NceMetric(Metric):
@@ -485,6 +550,21 @@ class NceMetric(Metric):
 
     def score(self, outputs: TeacherOutputs) -> float:
         return nce_from_hard_joint(outputs.hard_joint)
+
+    def resample(self, outputs: TeacherOutputs, counts: np.ndarray) -> np.ndarray:
+        """-H(Y | Z) of every resample at once: the hard joint of resample b is counts_b summed per (z, y)."""
+        z = np.asarray(outputs.top_classes[:, 0], dtype=np.int64)
+        pair = z * outputs.num_target_classes + np.asarray(outputs.labels, dtype=np.int64)
+        pairs, inverse = np.unique(pair, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        h = np.add.reduceat(counts[:, order].astype(np.float64), starts, axis=1)  # (B, P) pair counts
+        h /= h.sum(axis=1, keepdims=True)
+        z_of_pair, z_index = np.unique(pairs // outputs.num_target_classes, return_inverse=True)
+        pz = np.zeros((h.shape[0], z_of_pair.size))
+        np.add.at(pz.T, z_index, h.T)
+        ratio = np.divide(h, pz[:, z_index], out=np.ones_like(h), where=h > 0)
+        return np.sum(h * np.log(ratio), axis=1)
 
 
 class LogmeMetric(Metric):
@@ -499,6 +579,9 @@ class LogmeMetric(Metric):
     def score(self, outputs: TeacherOutputs) -> float:
         return logme_score(outputs.features, outputs.labels, outputs.num_target_classes)
 
+    def score_rows(self, outputs: TeacherOutputs, index: np.ndarray) -> float:
+        return logme_score(outputs.features[index], outputs.labels[index], outputs.num_target_classes)
+
 
 class HscoreMetric(Metric):
     """Regularised H-score (Bao et al. 2019; Ledoit-Wolf shrinkage of Ibrahim et al. 2021); higher is
@@ -512,6 +595,9 @@ class HscoreMetric(Metric):
 
     def score(self, outputs: TeacherOutputs) -> float:
         return hscore(outputs.features, outputs.labels, outputs.num_target_classes)
+
+    def score_rows(self, outputs: TeacherOutputs, index: np.ndarray) -> float:
+        return hscore(outputs.features[index], outputs.labels[index], outputs.num_target_classes)
 
 
 METRICS: dict[str, Metric] = {
@@ -548,17 +634,21 @@ __all__ = [
     "Metric",
     "NceMetric",
     "ScdMetric",
+    "contrastive_log_likelihoods",
+    "contrastive_score_from_chunks",
     "get_metric",
     "hscore",
     "hscore_plain",
     "joint_from_probs",
+    "label_costs",
     "ledoit_wolf_shrinkage_from_spectrum",
     "leep_from_chunks",
     "leep_from_probs",
+    "leep_log_eeps",
     "logme_evidences",
     "logme_score",
+    "mean_label_cost",
     "nce_from_hard_joint",
     "nce_from_labels",
-    "scd_from_joint",
     "score_all",
 ]

@@ -19,22 +19,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scd_core.assess.intervals import intervals_overlap, score_with_intervals
 from scd_core.assess.metrics import DEFAULT_METRICS, Metric, get_metric
-from scd_core.data.targets import TargetItem, TargetSet, load_target
+from scd_core.data.targets import TargetItem, TargetSet
 from scd_core.errors import ScdError
 from scd_core.outputs.forward import teacher_outputs
 from scd_core.progress import ProgressFn, emit, scaled
+from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
+from scd_core.utils import finite_or_none
 
 __all__ = ["MetricInfo", "Ranking", "TeacherScore", "rank", "score_teacher", "stratified_prefix"]
-
-
-def as_target(target: TargetSet | str | Path) -> TargetSet:
-    return target if isinstance(target, TargetSet) else load_target(target)
-
-
-def as_repository(repo: TeacherRepository | str | Path) -> TeacherRepository:
-    return repo if isinstance(repo, TeacherRepository) else TeacherRepository.from_spec(repo)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,6 +127,17 @@ class Ranking:
 
         return sorted(self.teachers, key=key)
 
+    def near_ties_for(self, metric: str | None = None) -> list[str]:
+        """Teachers whose 95% interval of ``metric`` overlaps the leader's (by :meth:`ordered`).
+
+        Their difference from the leader is within what another draw of the same number of images
+        could produce: the ranking cannot tell them apart.
+        """
+        metric = metric or self.rank_by
+        ordered = self.ordered(metric)
+        lead = ordered[0].intervals.get(metric) if ordered else None
+        return [t.name for t in ordered[1:] if intervals_overlap(lead, t.intervals.get(metric))]
+
     def table(self, metric: str | None = None, *, intervals: bool = False) -> pd.DataFrame:
         """Display table indexed by teacher, in :meth:`ordered` order.
 
@@ -160,18 +166,14 @@ class Ranking:
             "budget": self.budget,
             "teachers": [
                 {"name": t.name, "num_classes": int(t.num_classes), "images": int(t.images),
-                 "scores": {m: _finite(t.scores.get(m, math.nan)) for m in self.metrics},
-                 "intervals": {m: [_finite(t.intervals[m][0]), _finite(t.intervals[m][1])]
+                 "scores": {m: finite_or_none(t.scores.get(m, math.nan)) for m in self.metrics},
+                 "intervals": {m: [finite_or_none(t.intervals[m][0]), finite_or_none(t.intervals[m][1])]
                                for m in self.metrics if m in t.intervals}}
                 for t in self.teachers
             ],
             "near_ties": list(self.near_ties),
             "timing": dict(self.timing),
         }
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,13 +192,15 @@ def score_teacher(
     temperature: float = 1.0,
     use_cache: bool = True,
     seed: int = 0,
+    intervals: bool = True,
     progress: ProgressFn | None = None,
 ) -> TeacherScore:
     """Score one teacher with every named metric from one forward pass (cached) over ``items``.
 
     ``items`` defaults to the target's assessment images (labeled, outside ``test``). Everything it
     takes and returns pickles, so an executor can run it in another process or on another machine.
-    ``seed`` seeds any resampling of the scores.
+    With ``intervals`` every score gets a 95% bootstrap interval over the images
+    (:mod:`scd_core.assess.intervals`, from the same outputs), its resamples seeded by ``seed``.
     """
     metric_objs = [get_metric(n) for n in metrics]
     items = list(target.assessment_items if items is None else items)
@@ -209,10 +213,13 @@ def score_teacher(
                           progress=forward_progress if progress is not None else None, use_cache=use_cache)
     forward_s = time.perf_counter() - t
     t = time.perf_counter()
-    scores = {m.name: float(m.score(out)) for m in metric_objs}
+    if intervals:
+        scores, bounds = score_with_intervals(out, metric_objs, seed=seed)
+    else:
+        scores, bounds = {m.name: float(m.score(out)) for m in metric_objs}, {}
     metrics_s = time.perf_counter() - t
     return TeacherScore(name=spec.name, num_classes=spec.num_classes, images=len(items), scores=scores,
-                        timing={"forward_s": forward_s, "metrics_s": metrics_s})
+                        intervals=bounds, timing={"forward_s": forward_s, "metrics_s": metrics_s})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,8 +258,15 @@ def rank(
     progress: ProgressFn | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    intervals: bool = True,
 ) -> Ranking:
-    """Score every teacher (or the named ones) and return them best first by the first metric."""
+    """Score every teacher (or the named ones) and return them best first by the first metric.
+
+    With ``intervals`` (the default) every score carries a 95% bootstrap interval over the images,
+    and the teachers whose first-metric interval overlaps the leader's are reported as near ties.
+    A budgeted ranking stops halving early once the leader's interval separates from every other
+    surviving teacher's.
+    """
     target = as_target(target)
     repo = as_repository(repo)
     names = list(metrics or DEFAULT_METRICS)
@@ -265,7 +279,8 @@ def rank(
     if budget is not None and not 0 < budget <= 1:
         raise ScdError(f"--budget must be a fraction in (0, 1], got {budget}")
     t0 = time.perf_counter()
-    options = dict(device=device, batch_size=batch_size, temperature=temperature, use_cache=use_cache, seed=seed)
+    options = dict(device=device, batch_size=batch_size, temperature=temperature, use_cache=use_cache, seed=seed,
+                   intervals=intervals)
     items_all = target.assessment_items
     if budget is None or budget >= 1 or len(specs) < 3:
         scored = [score_teacher(target, spec, names, items=items_all,
@@ -276,10 +291,9 @@ def rank(
     timing = {"forward_s": sum(s.timing.get("forward_s", 0.0) for s in scored),
               "metrics_s": sum(s.timing.get("metrics_s", 0.0) for s in scored),
               "total_s": time.perf_counter() - t0}
-    result = Ranking(teachers=tuple(scored), metrics=infos, rank_by=names[0], target=target.summary(),
-                     timing=timing, budget=budget)
-    result = Ranking(teachers=tuple(result.ordered()), metrics=infos, rank_by=names[0], target=result.target,
-                     timing=timing, budget=budget)
+    unordered = Ranking(teachers=tuple(scored), metrics=infos, rank_by=names[0], budget=budget)
+    result = Ranking(teachers=tuple(unordered.ordered()), metrics=infos, rank_by=names[0], target=target.summary(),
+                     timing=timing, budget=budget, near_ties=tuple(unordered.near_ties_for()))
     emit(progress, "done", 1.0, "done")
     return result
 
@@ -290,7 +304,8 @@ def _successive_halving(target: TargetSet, specs: Sequence[TeacherSpec], items_a
     """Successive halving: each round costs about the same number of forward passes.
 
     With T teachers and R = ceil(log2 T) rounds, round r scores the surviving T / 2^r teachers on
-    n_0 2^r images, n_0 = budget * N / R, so the total is about budget * N * T image passes.
+    n_0 2^r images, n_0 = budget * N / R, so the total is about budget * N * T image passes. It stops
+    early when the leader's 95% interval no longer overlaps any other survivor's.
     """
     n_all = len(items_all)
     rounds = max(1, math.ceil(math.log2(len(specs))))
@@ -312,7 +327,12 @@ def _successive_halving(target: TargetSet, specs: Sequence[TeacherSpec], items_a
             value = latest[spec.name].scores[first.name]
             return -sign * value if np.isfinite(value) else math.inf
 
-        alive = sorted(alive, key=key)[: max(1, math.ceil(len(alive) / 2))]
+        alive = sorted(alive, key=key)
+        lead = latest[alive[0].name].intervals.get(first.name)
+        if lead is not None and not any(intervals_overlap(lead, latest[s.name].intervals.get(first.name))
+                                        for s in alive[1:]):
+            break  # the leader's interval is clear of every other survivor's: more images would not change it
+        alive = alive[: max(1, math.ceil(len(alive) / 2))]
         fraction *= 2
         r += 1
     return [latest[s.name] for s in specs]

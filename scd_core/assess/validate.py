@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from scd_core.assess.ranking import as_repository, as_target, rank
+from scd_core.assess.ranking import rank
 from scd_core.data.targets import TargetSet
 from scd_core.distill.trainer import DistillConfig, distill
 from scd_core.progress import ProgressFn, emit
+from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository
+from scd_core.utils import finite_or_none
 
 
 def ranking_agreement(scores: np.ndarray, accuracy: np.ndarray, higher_is_better: bool) -> dict[str, float | None]:
@@ -33,15 +35,12 @@ def ranking_agreement(scores: np.ndarray, accuracy: np.ndarray, higher_is_better
     if s.size < 2:
         return {"weighted_tau": None, "kendall_tau": None, "pearson": None, "top1_relative_accuracy": None}
 
-    def clean(x: float) -> float | None:
-        return float(x) if np.isfinite(x) else None
-
     constant = np.ptp(s) == 0 or np.ptp(acc) == 0
     return {
-        "weighted_tau": None if constant else clean(stats.weightedtau(s, acc).statistic),
-        "kendall_tau": None if constant else clean(stats.kendalltau(s, acc).statistic),
-        "pearson": None if constant else clean(stats.pearsonr(s, acc).statistic),
-        "top1_relative_accuracy": clean(acc[int(np.argmax(s))] / acc.max()) if acc.max() > 0 else None,
+        "weighted_tau": None if constant else finite_or_none(stats.weightedtau(s, acc).statistic),
+        "kendall_tau": None if constant else finite_or_none(stats.kendalltau(s, acc).statistic),
+        "pearson": None if constant else finite_or_none(stats.pearsonr(s, acc).statistic),
+        "top1_relative_accuracy": finite_or_none(acc[int(np.argmax(s))] / acc.max()) if acc.max() > 0 else None,
     }
 
 
@@ -82,7 +81,7 @@ def validate(
     for name in names:
         accs = run(repo.get(name), base.method)
         scores = ranking.get(name).scores
-        rows.append({"name": name, "scores": {m: _num(scores[m]) for m in ranking.metrics},
+        rows.append({"name": name, "scores": {m: finite_or_none(scores[m]) for m in ranking.metrics},
                      "accuracies": accs, "accuracy_mean": float(np.mean(accs)) if accs else None,
                      "accuracy_std": float(np.std(accs)) if accs else None})
     acc = np.array([r["accuracy_mean"] if r["accuracy_mean"] is not None else np.nan for r in rows])
@@ -105,7 +104,3 @@ def validate(
         ce = run(None, "ce")
         result["baseline_ce"] = {"accuracies": ce, "accuracy_mean": float(np.mean(ce)) if ce else None}
     return result
-
-
-def _num(x) -> float | None:
-    return float(x) if np.isfinite(x) else None

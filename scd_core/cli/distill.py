@@ -7,6 +7,7 @@ import argparse
 from scd_core.distill.config import DEFAULT_STUDENT, WEIGHTINGS, DistillConfig
 from scd_core.distill.losses import METHODS
 from scd_core.distill.optim import OPTIMIZERS
+from scd_core.ot.costs import COSTS
 
 
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
@@ -17,8 +18,8 @@ def _config(args: argparse.Namespace, method: str) -> DistillConfig:
 
 
 def cmd_distill(args: argparse.Namespace, bar) -> dict:
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.distill.trainer import distill
+    from scd_core.sources import as_repository, as_target
 
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
@@ -50,7 +51,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--eps", type=float, default=DistillConfig.eps,
                    help="entropic regularisation of the scd loss, relative to the cost range")
-    p.add_argument("--cost", default=DistillConfig.cost, choices=["prototype", "conditional"],
+    p.add_argument("--cost", default=DistillConfig.cost, choices=list(COSTS),
                    help="teacher-to-target cost of the scd loss")
     p.add_argument("--image-size", type=int)
     p.add_argument("--seed", type=int, default=0)

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from scd_core.config import DEFAULTS, parse_device, settings
+from scd_core.config import DEFAULTS, check_environment, parse_device
 from scd_core.errors import ScdError
 from scd_core.incidents import user_message
+from scd_core.ot.costs import COSTS, DEFAULT_COST
 from scd_core.progress import ProgressEvent
 
 EXIT_USER_ERROR = 2
@@ -140,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--teacher", required=True)
     p.add_argument("--kind", default="plan", choices=["plan", "joint", "cost"])
-    p.add_argument("--cost", default="prototype", choices=["prototype", "conditional"])
+    p.add_argument("--cost", default=DEFAULT_COST, choices=list(COSTS),
+                   help="; ".join(f"{c.name}: {c.description}" for c in COSTS.values()))
     p.add_argument("--eps", type=float, help="entropic regularisation (default: exact plan)")
     p.add_argument("--csv", metavar="FILE", help="also write the matrix as CSV")
     p.set_defaults(func=cmd_plan)
@@ -169,8 +171,9 @@ def _add_distill_commands(sub) -> None:
 
 
 def _run(args: argparse.Namespace, bar: _Bar) -> None:
+    config = check_environment()  # a bad SCD_* value stops every command before any work
     if hasattr(args, "device") and args.device is None:
-        args.device = settings().device
+        args.device = config.device
     func: Callable = args.func
     result = func(args, bar)
     bar.close()

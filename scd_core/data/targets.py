@@ -1,12 +1,13 @@
-"""Target sets: loading (folder, zip, CSV, demo), validation, splits, fingerprints and datasets.
+"""Target sets: loading (folder, zip, CSV), validation, splits, fingerprints and datasets.
 
-Layouts accepted (SPEC, "Data formats"):
+Layouts accepted (the README's "Data formats"):
 
 - ImageFolder ``<root>/<class>/<image>``, or split folders ``<root>/{train,val,test}/<class>/...``,
   plus an optional ``<root>/unlabeled/`` folder of images without labels;
 - a CSV ``path,label[,split]`` (an empty label marks an unlabeled image), paths relative to the CSV;
-- a ``.zip`` holding either of the above (one enclosing top folder is fine);
-- ``demo:WORLD`` for a built-in demo world.
+- a ``.zip`` holding either of the above (one enclosing top folder is fine).
+
+Source strings (``demo:WORLD`` and the rest) are resolved in :mod:`scd_core.sources`.
 
 Assessment uses the labeled ``train`` and ``val`` images; ``test`` is kept for reporting student
 accuracy and never influences a ranking. Without given splits, a seeded stratified split holds out a
@@ -355,19 +356,13 @@ def extraction_dir(archive: Path, extract_dir: Path | None = None) -> Path:
 
 def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
                 extract_dir: Path | None = None, limits: ArchiveLimits | None = None) -> TargetSet:
-    """Load and validate a target set from a folder, a .zip, a CSV or ``demo:WORLD``.
+    """Load and validate a target set from a folder, a .zip or a CSV path.
 
-    A zip is extracted safely (:func:`scd_core.data.archives.safe_extract_zip`, within ``limits``) into
+    Source strings such as ``demo:WORLD`` are resolved by :func:`scd_core.sources.load_target`. A zip
+    is extracted safely (:func:`scd_core.data.archives.safe_extract_zip`, within ``limits``) into
     :func:`extraction_dir`; when the content is refused, the extraction is removed again.
     """
     text = str(spec)
-    if text.startswith("demo:"):
-        from scd_core.demo.worlds import ensure_world
-
-        world = ensure_world(text[len("demo:"):])
-        ts = load_target(world.target_dir, val_fraction=val_fraction, seed=seed)
-        ts.name, ts.source = text, text
-        return ts
     path = Path(text)
     if not path.exists():
         raise TargetSetError(f"{text}: no such file or folder")

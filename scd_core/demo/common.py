@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from scd_core.errors import ScdError
+from scd_core.utils import slug
 
 VERSION = 1
 MANIFEST_NAME = "world.json"
@@ -218,11 +219,6 @@ def train(model, x, y, cfg: SizeConfig, lr: float, seed: int, tick: Callable[[fl
 def seed_rng(seed: int, *stream: int) -> np.random.Generator:
     """Independent numpy stream per purpose (target, each teacher's training and held-out data)."""
     return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
-
-
-
-def slug(text: str) -> str:
-    return "-".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
 
 
 

@@ -30,7 +30,7 @@ class DistillConfig:
     weighting: str = "adaptive"  # fixed: lambda as given; adaptive: lambda times the teacher's label agreement
     temperature: float = 4.0
     eps: float = 0.05  # entropic regularisation of the scd loss, relative to a [0, 1] cost
-    cost: str = "prototype"  # teacher-to-target cost of the scd loss: prototype or conditional
+    cost: str = "prototype"  # teacher-to-target cost of the scd loss: a name in scd_core.ot.costs.COSTS
     image_size: int | None = None  # default: from the data, 32..224
     flip: bool = False
     use_unlabeled: bool = True
@@ -42,6 +42,7 @@ class DistillConfig:
         import timm
 
         from scd_core.distill.optim import OPTIMIZERS
+        from scd_core.ot.costs import get_cost
 
         if not timm.is_model(self.student):
             raise ScdError(f"unknown student architecture {self.student!r}")
@@ -51,6 +52,7 @@ class DistillConfig:
             raise ScdError(f"unknown optimizer {self.optimizer!r} ({' or '.join(OPTIMIZERS)})")
         if self.weighting not in WEIGHTINGS:
             raise ScdError(f"unknown teacher weighting {self.weighting!r} ({' or '.join(WEIGHTINGS)})")
+        get_cost(self.cost)  # an unknown cost name raises, listing the valid ones
         if not self.weight >= 0:
             raise ScdError(f"the teacher weight must be >= 0, got {self.weight}")
 

@@ -8,7 +8,6 @@ previous one) or the complete new one.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -20,15 +19,12 @@ from scd_core.data.targets import TargetSet
 from scd_core.distill.config import DistillResult
 from scd_core.distill.data import STUDENT_MEAN, STUDENT_STD
 from scd_core.teachers.repository import save_teacher
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:40].strip("-") or "run"
+from scd_core.utils import slug
 
 
 def new_run_id(method: str, teacher: str | None, seed: int) -> str:
     """A unique, readable run id: time, method, teacher, seed and a microsecond suffix."""
-    return (f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(method)}-{_slug(teacher or 'none')}-s{seed}"
+    return (f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(method, 40, 'run')}-{slug(teacher or 'none', 40, 'run')}-s{seed}"
             f"-{int(time.time() * 1e6) % 1_000_000:06d}")
 
 

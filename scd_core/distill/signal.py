@@ -29,6 +29,7 @@ from scd_core.data.targets import TargetSet
 from scd_core.distill.config import DistillConfig
 from scd_core.distill.data import TrainData
 from scd_core.distill.losses import DistillLoss, TeacherContext
+from scd_core.ot.costs import cost_matrix
 from scd_core.outputs.streaming import TeacherOutputs
 from scd_core.progress import ProgressFn, emit
 from scd_core.teachers.repository import TeacherSpec
@@ -41,12 +42,6 @@ class TeacherSignal:
     logits: torch.Tensor  # (N_pool, K_t) float32
     features: torch.Tensor | None  # (N_pool, d_t) when the loss needs features
     weight: dict = field(default_factory=dict)  # {"weighting", "base", "agreement", "lambda"}
-
-
-def _cost(outputs: TeacherOutputs, cost: str) -> np.ndarray:
-    from scd_core.assess.metrics import ScdMetric
-
-    return ScdMetric(cost).cost_matrix(outputs)
 
 
 AGREEMENT_Z = 1.645  # one-sided 95% bound
@@ -93,7 +88,7 @@ def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str
     from scd_core.ot.transport import exact_plan
 
     outputs = outputs if outputs is not None else train_outputs(spec, target, device)
-    c = _cost(outputs, cost)
+    c = cost_matrix(outputs, cost)
     plan = exact_plan(outputs.joint.sum(axis=1), outputs.joint.sum(axis=0), c) if with_plan else None
     return TeacherContext(teacher_labels=list(spec.label_names), target_labels=list(target.class_names),
                           cost=c, plan=plan)

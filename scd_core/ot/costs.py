@@ -1,28 +1,32 @@
 """Cost matrices between a teacher label space (``K_t`` rows) and a target label space (``K_s`` columns).
 
-Both costs take numpy arrays or torch tensors of any floating dtype (float16 and bfloat16 included),
-compute in ``float64`` and return numpy ``float64`` arrays with values in :math:`[0, 1]`, so that an
-entropic regularisation ``eps`` can be chosen relative to a known cost scale (see
-:mod:`scd_core.ot.transport`).
+One interface, :func:`cost_matrix` ``(outputs, name, **options)``, computes a named cost from a
+teacher's outputs on the target set; :data:`COSTS` is the registry of named costs (each with a
+one-line description) that the metrics, the plans, the distillation loss, the CLI's ``--cost``
+choices and the app's choices all read. A new cost is one :func:`register_cost` call.
+
+The array-level constructions behind the named costs take numpy arrays or torch tensors of any
+floating dtype (float16 and bfloat16 included), compute in ``float64`` and return numpy ``float64``
+arrays with values in :math:`[0, 1]`, so that an entropic regularisation ``eps`` can be chosen
+relative to a known cost scale (see :mod:`scd_core.ot.transport`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
 
-__all__ = ["conditional_cost", "prototype_cost", "rescale_unit"]
+from scd_core.errors import ScdError
+from scd_core.utils import as_float64
 
+if TYPE_CHECKING:
+    from scd_core.outputs.streaming import TeacherOutputs
 
-def _as_float64(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
-    if isinstance(x, torch.Tensor):  # any dtype (bfloat16 has no numpy equivalent) and device
-        x = x.detach().to(device="cpu", dtype=torch.float64).numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
+__all__ = ["COSTS", "DEFAULT_COST", "Cost", "conditional_cost", "cost_matrix", "get_cost", "prototype_cost",
+           "register_cost", "rescale_unit"]
 
 
 def prototype_cost(
@@ -60,10 +64,10 @@ def prototype_cost(
     -------
     C : ndarray, shape (K_t, K_s), float64, values in [0, 1]
     """
-    w = _as_float64(head_weight, "head_weight", 2)
-    sums = _as_float64(class_feature_sums, "class_feature_sums", 2)
-    counts = _as_float64(class_counts, "class_counts", 1)
-    mean = _as_float64(feature_mean, "feature_mean", 1)
+    w = as_float64(head_weight, name="head_weight", ndim=2, finite=True)
+    sums = as_float64(class_feature_sums, name="class_feature_sums", ndim=2, finite=True)
+    counts = as_float64(class_counts, name="class_counts", ndim=1, finite=True)
+    mean = as_float64(feature_mean, name="feature_mean", ndim=1, finite=True)
     d = w.shape[1]
     if sums.shape[1] != d or mean.shape[0] != d:
         raise ValueError(
@@ -121,7 +125,7 @@ def conditional_cost(joint: np.ndarray, smoothing: float = 1e-3) -> np.ndarray:
     -------
     C : ndarray, shape (K_t, K_s), float64, values in [0, 1]
     """
-    J = _as_float64(joint, "joint", 2)
+    J = as_float64(joint, name="joint", ndim=2, finite=True)
     if np.any(J < 0):
         raise ValueError("joint must be non-negative")
     if not smoothing >= 0:
@@ -151,3 +155,66 @@ def rescale_unit(cost: np.ndarray) -> np.ndarray:
         return c.copy()
     spread = float(c.max() - c.min())
     return (c - c.min()) / spread if spread > 0 else np.zeros_like(c)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry of named costs
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A named teacher-to-target cost: ``compute(outputs, **options) -> (K_t, K_s)`` float64 in [0, 1]."""
+
+    name: str
+    description: str
+    compute: Callable[..., np.ndarray]
+
+    def __call__(self, outputs: TeacherOutputs, **options: Any) -> np.ndarray:
+        return self.compute(outputs, **options)
+
+
+COSTS: dict[str, Cost] = {}
+"""Registry of named costs, in registration order (the default first, so lists of choices start with it)."""
+
+DEFAULT_COST = "prototype"
+
+
+def register_cost(name: str, description: str) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Decorator registering ``compute(outputs, **options)`` as the cost ``name``."""
+
+    def add(compute: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        if name in COSTS:
+            raise ValueError(f"cost {name!r} is already registered")
+        COSTS[name] = Cost(name, description, compute)
+        return compute
+
+    return add
+
+
+def get_cost(name: str) -> Cost:
+    """The registered cost ``name``; an unknown name raises :class:`ScdError` listing the valid ones."""
+    try:
+        return COSTS[name]
+    except KeyError:
+        raise ScdError(f"unknown cost {name!r}; valid costs: {', '.join(COSTS)}") from None
+
+
+def cost_matrix(outputs: TeacherOutputs, name: str = DEFAULT_COST, **options: Any) -> np.ndarray:
+    """The cost ``name`` (K_t x K_s, float64, values in [0, 1]) of a teacher from its outputs on the target."""
+    return get_cost(name)(outputs, **options)
+
+
+@register_cost("prototype", "(1 - cos(head row, centred target class mean)) / 2; conditional for non-linear heads.")
+def _prototype(outputs: TeacherOutputs, smoothing: float = 1e-3) -> np.ndarray:
+    # A teacher without a linear head has no class vectors to compare: the joint still relates the spaces.
+    if outputs.head_weight is None:
+        return conditional_cost(outputs.joint, smoothing=smoothing)
+    sums = np.asarray(outputs.class_feature_sums, dtype=np.float64)
+    feature_mean = sums.sum(axis=0) / max(outputs.num_samples, 1)
+    return prototype_cost(outputs.head_weight, sums, outputs.class_counts, feature_mean)
+
+
+@register_cost("conditional", "Surprisal -log P(target class | teacher class) / log K_s from the soft joint.")
+def _conditional(outputs: TeacherOutputs, smoothing: float = 1e-3) -> np.ndarray:
+    return conditional_cost(outputs.joint, smoothing=smoothing)

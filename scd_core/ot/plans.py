@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scd_core.assess.metrics import ScdMetric
-from scd_core.assess.ranking import as_repository, as_target
 from scd_core.data.targets import TargetSet
 from scd_core.errors import ScdError
+from scd_core.ot.costs import DEFAULT_COST, cost_matrix
 from scd_core.ot.transport import entropic_plan, exact_plan
 from scd_core.outputs.forward import teacher_outputs
 from scd_core.outputs.streaming import TeacherOutputs
+from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository
 
 KINDS = ("plan", "joint", "cost")
@@ -53,7 +53,7 @@ class LabeledMatrix:
         return LabeledMatrix([self.rows[i] for i in keep], self.cols, self.matrix[keep], self.kind)
 
 
-def plan_from_outputs(outputs: TeacherOutputs, kind: str = "plan", *, cost: str = "prototype",
+def plan_from_outputs(outputs: TeacherOutputs, kind: str = "plan", *, cost: str = DEFAULT_COST,
                       eps: float | None = None) -> LabeledMatrix:
     """Plan, joint or cost of a teacher from its outputs (no forward pass)."""
     if kind not in KINDS:
@@ -61,7 +61,7 @@ def plan_from_outputs(outputs: TeacherOutputs, kind: str = "plan", *, cost: str 
     if kind == "joint":
         matrix = np.asarray(outputs.joint, dtype=np.float64)
     else:
-        c = ScdMetric(cost).cost_matrix(outputs)
+        c = cost_matrix(outputs, cost)
         if kind == "cost":
             matrix = c
         else:
@@ -71,7 +71,7 @@ def plan_from_outputs(outputs: TeacherOutputs, kind: str = "plan", *, cost: str 
 
 
 def transport_plan(target: TargetSet | str | Path, repo: TeacherRepository | str | Path, teacher: str,
-                   kind: str = "plan", *, cost: str = "prototype", eps: float | None = None,
+                   kind: str = "plan", *, cost: str = DEFAULT_COST, eps: float | None = None,
                    device: str = "auto", batch_size: int = 64, progress=None) -> LabeledMatrix:
     """The labeled plan (default), soft joint or cost matrix between a teacher and the target."""
     if kind not in KINDS:

@@ -25,6 +25,8 @@ import numpy as np
 import ot
 import torch
 
+from scd_core.utils import as_float64
+
 __all__ = ["SinkhornResult", "entropic_plan", "exact_cost", "exact_plan", "sinkhorn"]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -542,17 +544,10 @@ def sinkhorn(
     )
 
 
-def _np64(x: ArrayLike) -> np.ndarray:
-    """float64 numpy copy of a numpy array or a torch tensor of any dtype and device (bfloat16 too)."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().to(device="cpu", dtype=torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def _renormalised(a: ArrayLike, b: ArrayLike, cost: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a = _np64(a).ravel()
-    b = _np64(b).ravel()
-    M = np.ascontiguousarray(_np64(cost))
+    a = as_float64(a).ravel()
+    b = as_float64(b).ravel()
+    M = np.ascontiguousarray(as_float64(cost))
     if M.shape != (a.size, b.size):
         raise ValueError(f"cost of shape {M.shape} for a of {a.size} and b of {b.size} entries")
     if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(M).all()):

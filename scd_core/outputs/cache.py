@@ -20,7 +20,7 @@ import numpy as np
 from scd_core.config import settings
 from scd_core.fingerprint import combine, file_sha256
 from scd_core.outputs.streaming import TeacherOutputs
-from scd_core.runtime.workspace import cache_dir
+from scd_core.runtime.workspace import cache_dir, evict_oldest
 
 CACHE_VERSION = "outputs-v1"
 _ARRAYS = ("labels", "joint", "hard_joint", "class_feature_sums", "features", "top_classes", "top_probs")
@@ -151,16 +151,7 @@ def evict(max_bytes: int | None = None, keep: str | None = None) -> list[str]:
             except FileNotFoundError:  # removed meanwhile by another process
                 continue
     total = sum(e[1] for e in entries)
-    removed = []
-    for _, size, folder in sorted(entries):
-        if total <= limit:
-            break
-        if folder.name == keep:
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        total -= size
-        removed.append(folder.name)
-    return removed
+    return [path.name for path in evict_oldest([e for e in entries if e[2].name != keep], total, limit)]
 
 
 def save_arrays(folder: Path, **arrays: np.ndarray) -> None:

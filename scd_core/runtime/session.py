@@ -25,6 +25,7 @@ from scd_core.data.targets import TargetSet, extraction_dir, load_target
 from scd_core.errors import ScdError, TargetSetError, TeacherError
 from scd_core.fingerprint import bytes_sha256
 from scd_core.runtime.workspace import enforce_limit, subdir, workspace_dir
+from scd_core.sources import open_repository
 from scd_core.teachers.repository import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
@@ -36,8 +37,6 @@ from scd_core.teachers.repository import (
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PICKLE_SUFFIXES = frozenset({".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".onnx"})
-TEACHER_FILES_ALLOWED = frozenset({CONFIG_NAME, SAFETENSORS_NAME, "README.md", "readme.md", ".gitattributes",
-                                   "hub_models.txt", "LICENSE", "LICENSE.txt", "open_clip_config.json"})
 
 
 def new_session_id() -> str:
@@ -271,7 +270,7 @@ def collect_teachers(sources: TeacherSources) -> CollectedTeachers:
 
     if sources.demo:
         try:
-            add(TeacherRepository.from_spec(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
+            add(open_repository(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
         except ScdError as exc:
             errors.append(str(exc))
     for folder in sources.folders:
@@ -331,10 +330,3 @@ def zip_folder(folder: str | Path, arcname: str | None = None) -> bytes:
         for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             zf.write(file, f"{prefix}/{file.relative_to(folder).as_posix()}")
     return buffer.getvalue()
-
-
-def target_error_message(exc: Exception) -> str:
-    """A one-line message for an upload that failed (TargetSetError, TeacherError or an unexpected error)."""
-    if isinstance(exc, (TargetSetError, TeacherError, ScdError)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"

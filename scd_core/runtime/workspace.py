@@ -156,6 +156,20 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def evict_oldest(candidates: Iterable[tuple[float, int, Path]], total: int, limit: int) -> list[Path]:
+    """Least-recently-used eviction: remove ``(last use, bytes, path)`` candidates, oldest first, until
+    ``total`` bytes (the whole store, candidates or not) fit within ``limit``. Returns the removed paths."""
+    removed: list[Path] = []
+    for _, size, path in sorted(candidates, key=lambda c: (c[0], str(c[2]))):
+        if total <= limit:
+            break
+        _remove(path)
+        total -= size
+        removed.append(path)
+        LOGGER.info("over %d bytes: removed %s (%d bytes)", limit, path, size)
+    return removed
+
+
 def enforce_limit(limit: int | None = None, *, keep: Iterable[str | Path | None] = (),
                   min_age_s: float | None = None, now: float | None = None) -> list[Path]:
     """Delete the oldest evictable entries not in use until the workspace holds at most ``limit`` bytes.
@@ -184,14 +198,7 @@ def enforce_limit(limit: int | None = None, *, keep: Iterable[str | Path | None]
                 if in_use(entry) or now - newest < min_age:
                     continue
                 candidates.append((newest, size, entry))
-            total = usage_bytes()
-            for _, size, entry in sorted(candidates, key=lambda c: (c[0], str(c[2]))):
-                if total <= limit:
-                    break
-                _remove(entry)
-                total -= size
-                removed.append(entry)
-                LOGGER.info("workspace over %d bytes: removed %s (%d bytes)", limit, entry, size)
+            removed = evict_oldest(candidates, usage_bytes(), limit)
         except OSError as exc:  # pragma: no cover - eviction is best effort
             LOGGER.warning("workspace eviction failed: %s", exc)
     return removed

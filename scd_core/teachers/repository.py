@@ -287,32 +287,6 @@ class TeacherRepository:
         self.location = location
 
     @classmethod
-    def from_spec(cls, spec: str | Path) -> TeacherRepository:
-        """Open a repository from a folder, ``demo:WORLD``, or comma-separated hub names / folders."""
-        text = str(spec).strip()
-        if not text:
-            raise TeacherError("empty teacher repository")
-        if text.startswith("demo:"):
-            from scd_core.demo.worlds import ensure_world
-
-            world = ensure_world(text[len("demo:"):])
-            return cls.from_folder(world.teachers_dir, location=text)
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if len(parts) == 1 and Path(parts[0]).is_dir():
-            return cls.from_folder(parts[0])
-        specs: list[TeacherSpec] = []
-        for part in parts:
-            path = Path(part)
-            if path.is_dir():
-                specs.extend(cls.from_folder(path).specs if not (path / CONFIG_NAME).is_file()
-                             else [spec_from_folder(path)])
-            elif part.startswith("hf-hub:") or ("/" not in part and "\\" not in part):
-                specs.append(spec_from_hub(part))
-            else:
-                raise TeacherError(f"teacher repository {part!r} does not exist")
-        return cls(specs, location=text)
-
-    @classmethod
     def from_folder(cls, folder: str | Path, location: str | None = None) -> TeacherRepository:
         """Every sub-folder with a config.json is a teacher; ``hub_models.txt`` adds hub names."""
         folder = Path(folder)

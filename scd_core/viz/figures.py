@@ -103,7 +103,7 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
         bar["hovertemplate"] = ("teacher: %{y}<br>value: %{customdata[0]:.5g}<br>95% interval: "
                                 "[%{customdata[1]:.5g}, %{customdata[2]:.5g}]<extra></extra>")
         bar["customdata"] = np.column_stack([values, low, high]).tolist()
-        ties = set(ranking.near_ties) if metric == ranking.rank_by else set()
+        ties = set(ranking.near_ties_for(metric))
         bar["marker_pattern_shape"] = ["/" if n in ties else "" for n in names]
     fig = go.Figure(go.Bar(**bar))
     arrow = "→ better" if higher else "← better"
