@@ -35,7 +35,8 @@ def setup(tmp_path_factory):
 
 
 def _config(method: str, **kw) -> DistillConfig:
-    base = {"student": "test_resnet", "epochs": 4, "batch_size": 8, "device": "cpu", "lr": 0.05}
+    # fixed lambda: these tests exercise each loss, and the random-init test teachers earn no adaptive weight
+    base = {"student": "test_resnet", "epochs": 4, "batch_size": 8, "device": "cpu", "lr": 0.05, "weighting": "fixed"}
     return DistillConfig(method=method, **{**base, **kw})
 
 

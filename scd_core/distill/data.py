@@ -7,7 +7,7 @@ The labeled ``train`` images come first in the pool, then (for teacher methods) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -101,6 +101,12 @@ def load_data(target: TargetSet, *, use_unlabeled: bool, budget_unlabeled: bool,
         val_images=preload_images(val, size), val_labels=labels_of(val),
         budget_pool=len(labeled) + (len(target.split("unlabeled")) if budget_unlabeled else 0),
     )
+
+
+def without_unlabeled(data: TrainData) -> TrainData:
+    """The same data with the unlabeled images dropped from the pool (the epoch budget unchanged)."""
+    n = len(data.labeled)
+    return replace(data, unlabeled=[], images=data.images[:n], labels=data.labels[:n])
 
 
 class IndexStream:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ import torch
 from scd_core.data.targets import TargetSet
 from scd_core.device import describe_device, resolve_device
 from scd_core.distill.config import DEFAULT_STUDENT, DistillConfig, DistillResult
-from scd_core.distill.data import labels_of, load_data, preload_images
+from scd_core.distill.data import labels_of, load_data, preload_images, without_unlabeled
 from scd_core.distill.export import export_run, new_run_id
 from scd_core.distill.loop import accuracy, train
 from scd_core.distill.losses import loss_from_config
@@ -66,8 +66,15 @@ def distill(
     t_data = time.perf_counter() - t0
 
     signal = teacher_signal(teacher, target, data, loss_fn, cfg, dev, progress) if loss_fn.needs_teacher else None
+    teacher_weight = signal.weight if signal is not None else {}
+    if signal is not None and cfg.weighting == "adaptive" and loss_fn.weight == 0.0:
+        # the teacher earned no weight: train exactly as ce (labeled images only, full labeled batches)
+        loss_fn, signal, data = loss_from_config(replace(cfg, method="ce")), None, without_unlabeled(data)
+        teacher_weight = {**teacher_weight, "trained_as": "ce"}
     t_teacher = time.perf_counter() - t0 - t_data
 
+    # the student's initialisation depends on the seed alone, not on what loading a teacher drew
+    torch.manual_seed(cfg.seed)
     student = timm.create_model(cfg.student, pretrained=False, num_classes=target.num_classes).to(dev)
     student.train()
     loop = train(student, data, signal, loss_fn, cfg, dev, gen, progress=progress, cancel=cancel)
@@ -80,7 +87,7 @@ def distill(
         run_id=run_id, run_dir=str(Path(run_dir) if run_dir else subdir("runs") / run_id), status=loop.status,
         config={**asdict(cfg), "image_size": data.size}, teacher=teacher_name, history=loop.history,
         val_acc=loop.history[-1]["val_acc"] if loop.history else float("nan"), test_acc=test_acc,
-        teacher_weight=signal.weight if signal is not None else {},
+        teacher_weight=teacher_weight,
         timing={"total_s": time.perf_counter() - t0, "data_s": t_data, "teacher_s": t_teacher,
                 "train_s": loop.train_s, "loss_s": loop.loss_s, "steps": loop.steps, "device": describe_device(dev)},
     )
