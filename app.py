@@ -148,3 +148,5 @@ try:
     page.run()
 except Exception as exc:  # st.stop and st.rerun are BaseExceptions and pass through
     ui.show_error(exc)
+finally:  # also after st.stop() and reruns: the session's state is saved for a reload or a bookmark
+    ui.save_session()

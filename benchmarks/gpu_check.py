@@ -1,4 +1,4 @@
-"""GPU check: everything that needs a CUDA device, in one short script (< 5 minutes).
+"""GPU check (issue 6): everything that needs a CUDA device, in one short script (< 5 minutes).
 
 Steps, each timed and recorded even when another fails:
 
@@ -9,7 +9,11 @@ Steps, each timed and recorded even when another fails:
    when time is short, but then an epoch is a single step).
 4. Assessment: ``scd_core.assess.ranking.rank`` of the zoo on cuda and on cpu, without the output cache
    (one untimed cuda warm-up first), and whether both devices give the same ranking and scores.
-5. Distillation: one epoch of ``scd_core.distill.trainer.distill`` (``DistillConfig(epochs=1)``, method
+5. Throughput (``bench_throughput.device_check``): a zoo of 6 random-weight timm teachers (resnet18,
+   resnet50, convnext_tiny, efficientnet_b0, vit_small, resnet18) on generated PNGs: ``rank`` with the
+   shared decode against the raw forward (bf16, channels_last) on cuda, and the same rank through a
+   local Ray instance (tasks get the GPU), whose scores must equal the in-process ones to 1e-6.
+6. Distillation: one epoch of ``scd_core.distill.trainer.distill`` (``DistillConfig(epochs=1)``, method
    ``scd`` from the best-ranked teacher) on cuda and on cpu.
 
 A step that would start after ``--budget`` seconds (default 270) is skipped and listed as such.
@@ -227,6 +231,14 @@ def markdown(report: dict) -> str:
             f"`{Path(k['json']).with_suffix('.md').name}`")
     else:
         row("sinkhorn benchmark", "")
+    t = s.get("throughput and ray", {})
+    if t.get("ok"):
+        row("throughput and ray", f"{t['teachers']} teachers x {t['images']} images at {t['size']} px, batch "
+            f"{t['batch_size']}: raw forward {t['raw_images_per_s']:.0f}, rank {t['rank_images_per_s']:.0f} images x "
+            f"teachers/s (**{t['rank_over_raw']:.2f}x**, target 0.9x); through Ray {t['ray_images_per_s']:.0f}, "
+            f"max score difference {t['ray_max_abs_score_diff']:.1e}, same order: {t['ray_same_order']}")
+    else:
+        row("throughput and ray", "")
     skipped = report.get("skipped", [])
     if skipped:
         lines += ["", "Skipped (time budget): " + ", ".join(skipped) + "."]
@@ -240,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                              "or small (default of --dry-run-cpu)")
     parser.add_argument("--sinkhorn", default=None, choices=["full", "quick", "skip"],
                         help="Sinkhorn benchmark sizes (default full; quick with --dry-run-cpu)")
+    parser.add_argument("--throughput", default="run", choices=["run", "skip"],
+                        help="the shared-decode rank vs raw forward and the Ray path (step 5)")
     parser.add_argument("--results", type=Path, default=None, help="output folder (default benchmarks/results)")
     parser.add_argument("--budget", type=float, default=270.0, help="seconds; later steps are skipped past it")
     parser.add_argument("--require-gpu", action="store_true", help=f"exit {NO_GPU_EXIT} when there is no GPU")
@@ -288,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         teacher = ranked["best_teacher"] if ranked else zoo["teachers"][0]
         if within_budget("distillation epoch"):
             _step(report, "distillation epoch", distill_epoch, root, teacher, device, work / "runs")
+    if args.throughput != "skip" and within_budget("throughput and ray"):
+        import bench_throughput
+
+        images, size, batch = (60, 32, 16) if dry else (2000, 224, 128)
+        _step(report, "throughput and ray", bench_throughput.device_check, device, images, size, batch,
+              work / "throughput")
 
     report["total_s"] = time.perf_counter() - t_start
     report["ok"] = all(e["ok"] for e in report["steps"].values())

@@ -12,10 +12,9 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
-from scd_core.distill.compare import compare, record_from_job, run_name
-from scd_core.distill.config import DEFAULT_STUDENT, WEIGHTINGS, DistillConfig
 from scd_core.distill.losses import METHODS
-from scd_core.runtime.jobs import distill_job
+from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.runtime.jobs import JobSnapshot, JobStatus, submit_distill
 from scd_core.runtime.session import session_dir, zip_folder
 from scd_core.viz.figures import run_comparison, training_curves
 
@@ -37,7 +36,7 @@ st.markdown(
 
 target = ui.require_target()
 repo = ui.require_repository()
-manager = ui.job_manager()
+store = ui.job_store()
 sid = ui.session_id()
 
 # ------------------------------------------------------------------------------------------------
@@ -60,8 +59,7 @@ with st.form("distill_form"):
         student = st.selectbox("Student architecture", STUDENTS, key="w_dist_student", **ui.PERSIST,
                                help="timm architecture trained from scratch; test_* are tiny (for quick trials).")
         for key, value in (("w_dist_epochs", 15), ("w_dist_batch", 64), ("w_dist_seed", 0), ("w_dist_lr", 0.0),
-                           ("w_dist_weight", 1.0), ("w_dist_temp", 4.0), ("w_dist_unlabeled", True),
-                           ("w_dist_weighting", DistillConfig.weighting)):
+                           ("w_dist_weight", 1.0), ("w_dist_temp", 4.0), ("w_dist_unlabeled", True)):
             ui.init_widget(key, value)
         epochs = st.number_input("Epochs", 1, 500, key="w_dist_epochs", **ui.PERSIST)
         batch = st.number_input("Batch size", 2, 1024, key="w_dist_batch", **ui.PERSIST)
@@ -70,10 +68,6 @@ with st.form("distill_form"):
         with st.expander("More options"):
             lr = st.number_input("Learning rate (0: default)", 0.0, 10.0, format="%.4f", key="w_dist_lr", **ui.PERSIST)
             weight = st.number_input("Teacher weight λ", 0.0, 100.0, key="w_dist_weight", **ui.PERSIST)
-            weighting = st.radio("Teacher weighting", list(WEIGHTINGS), key="w_dist_weighting", horizontal=True,
-                                 **ui.PERSIST, help="fixed: λ as given. adaptive: λ times how well the teacher's "
-                                                    "transported predictions agree with your labels (0 for a "
-                                                    "teacher no better than chance).")
             temperature = st.number_input("Temperature T", 0.1, 50.0, key="w_dist_temp", **ui.PERSIST)
             use_unlabeled = st.checkbox("Use unlabeled images", key="w_dist_unlabeled", **ui.PERSIST)
     start = st.form_submit_button("Start runs", type="primary")
@@ -89,125 +83,154 @@ if start:
             for teacher in ([None] if method == "ce" else teachers):
                 config = DistillConfig(method=method, student=student, epochs=int(epochs), batch_size=int(batch),
                                        seed=int(seed), device=ui.device(), lr=float(lr) or None, weight=float(weight),
-                                       weighting=weighting,
                                        temperature=float(temperature), use_unlabeled=bool(use_unlabeled))
                 spec = repo.get(teacher) if teacher else None
                 run_dir = session_dir(sid, "runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-                label = f"{run_name(method, teacher, weighting)} · seed {int(seed)} · {time.strftime('%H:%M:%S')}"
+                label = f"{method} ← {teacher}" if teacher else "ce (no teacher)"
                 meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
                         "seed": int(seed), "target": target.name, "target_fp": target.fingerprint,
-                        "run_dir": str(run_dir), "weighting": weighting, "n_val": len(target.split("val"))}
+                        "run_dir": str(run_dir)}
+                source = ui.target_spec()
+                extract = str(session_dir(sid, "targets")) if source.lower().endswith(".zip") else None
                 try:
-                    manager.submit(sid, distill_job(target, spec, config, run_dir), label=label, kind="distill",
-                                   meta=meta)
+                    submit_distill(store, sid, target=source, extract_dir=extract, teacher=spec, config=config,
+                                   run_dir=run_dir, label=label, meta=meta, target_name=target.name)
                 except ScdError as exc:
                     ui.show_error(exc)
                     break
                 started += 1
         if started:
+            ui.dispatcher().kick()
             st.session_state["runs_started"] = started
             st.rerun()  # the sidebar and the poller pick up the new runs
 if st.session_state.pop("runs_started", 0):
     st.toast("Runs started: they continue while you browse the other pages.")
 
 # ------------------------------------------------------------------------------------------------
-# Runs: a fragment that polls the job manager every second while something runs
+# Runs: a fragment that polls the job store every second while something runs
 # ------------------------------------------------------------------------------------------------
 
 
-def _runs() -> list[dict]:
-    return [j for j in manager.jobs(sid) if j["kind"] == "distill"]
+def _runs() -> list[JobSnapshot]:
+    return store.jobs(sid, kind="distill")
 
 
 def _cancel(job_id: str) -> None:
-    manager.cancel(sid, job_id)
+    store.request_cancel(job_id, session=sid)
+    ui.dispatcher().kick()
 
 
-def _live(jobs: list[dict]) -> None:
-    active = [j for j in jobs if j["active"]]
-    if active:
-        st.subheader(f"Running ({len(active)})")
-        for job in active:
-            cols = st.columns([5, 1], vertical_alignment="bottom")
-            with cols[0]:
-                status = "waiting for a worker" if job["status"] == "queued" else job["message"]
-                st.progress(job["progress"], text=f"**{job['label']}** · {status}")
-            with cols[1]:
-                st.button("Cancel", key=f"cancel-{job['id']}", on_click=_cancel, args=(job["id"],),
-                          disabled=job["status"] == "cancelling")
-    for job in [j for j in jobs if j["status"] == "failed"][-5:]:
-        st.error(f"{job['label']}: {job['error']}", icon=":material/block:")
-    with_history = [j for j in jobs if j["history"] and j["meta"].get("target_fp") == target.fingerprint]
+def _restart(job_id: str) -> None:
+    if store.restart(sid, job_id):
+        ui.dispatcher().kick()
+
+
+def _live(jobs: list[JobSnapshot]) -> None:
+    running = [j for j in jobs if j.status in (JobStatus.RUNNING, JobStatus.CANCELLING)]
+    queued = [j for j in jobs if j.status == JobStatus.QUEUED]
+    places = {job.id: slot for job, slot in store.queue("train") if job.session == sid}
+    if running:
+        st.subheader(f"Running ({len(running)})")
+        for job in running:
+            _progress_row(job, job.message)
+    if queued:
+        st.subheader(f"Queued ({len(queued)})")
+        for job in queued:
+            slot = places.get(job.id)
+            _progress_row(job, slot.reason() if slot is not None else "waiting for a worker")
+    for job in [j for j in jobs if j.status in (JobStatus.FAILED, JobStatus.INTERRUPTED)][-5:]:
+        cols = st.columns([5, 1], vertical_alignment="center")
+        with cols[0]:
+            st.error(f"{job.label} ({job.status}): {job.error}", icon=":material/block:")
+        with cols[1]:
+            st.button("Restart", key=f"restart-{job.id}", on_click=_restart, args=(job.id,),
+                      help="Queue this run again with the same settings (its partial history stays here).")
+    with_history = [j for j in jobs if j.history and j.meta.get("target_fp") == target.fingerprint]
     if with_history:
-        curves = [{"label": j["label"], "history": j["history"], "baseline": j["meta"].get("method") == "ce"}
+        curves = [{"label": j.label, "history": j.history, "baseline": j.meta.get("method") == "ce"}
                   for j in with_history[-12:]]
-        st.plotly_chart(training_curves(curves, title="Training curves" + (" (live)" if active else "")),
+        st.plotly_chart(training_curves(curves, title="Training curves" + (" (live)" if running else "")),
                         key="dist_curves")
-    elif not active:
+    elif not running and not queued:
         st.info("No runs yet: choose teachers and methods above and press **Start runs**.")
 
 
-def _comparison(jobs: list[dict]) -> None:
-    records = [record_from_job(j) for j in jobs if j["meta"].get("target_fp") == target.fingerprint]
-    result = compare(records, n_val=len(target.split("val")), has_test=bool(target.split("test")))
-    if not result.groups:
+def _progress_row(job: JobSnapshot, text: str) -> None:
+    cols = st.columns([5, 1], vertical_alignment="bottom")
+    with cols[0]:
+        st.progress(job.progress, text=f"**{job.label}** · {text}")
+    with cols[1]:
+        st.button("Cancel", key=f"cancel-{job.id}", on_click=_cancel, args=(job.id,),
+                  disabled=job.status == JobStatus.CANCELLING)
+
+
+def _baseline(job: JobSnapshot, done: list[JobSnapshot]) -> float | None:
+    """Validation accuracy of the latest ce run with the same student, epochs and seed."""
+    meta = job.meta
+    for other in reversed(done):
+        m = other.meta
+        if m.get("method") == "ce" and other.status == JobStatus.FINISHED and all(
+                m.get(k) == meta.get(k) for k in ("student", "epochs", "seed")):
+            return other.result["val_acc"]
+    return None
+
+
+def _comparison(jobs: list[JobSnapshot]) -> None:
+    done = [j for j in jobs if j.status in (JobStatus.FINISHED, JobStatus.CANCELLED) and j.result
+            and j.meta.get("target_fp") == target.fingerprint]
+    if not done:
         return
     st.header("Compare against the ce baseline")
-    for warning in result.warnings:
-        st.warning(warning, icon=":material/info:")
-
-    def pm(mean: float | None, std: float | None) -> str:
-        if mean is None:
-            return "—"
-        return f"{mean:.1%}" + (f" ± {std:.1%}" if std is not None else "")
-
-    rows = [{
-        "teacher / method": g.name + (" (best)" if g.best else ""), "runs": g.n,
-        "val acc (mean ± std)": pm(g.val_mean, g.val_std), "test acc (mean ± std)": pm(g.test_mean, g.test_std),
-        "Δ val vs ce": f"{g.vs_ce.value:+.1%}" if g.vs_ce else "—",
-        f"{result.confidence:.0%} interval": f"[{g.vs_ce.low:+.1%}, {g.vs_ce.high:+.1%}] ({g.vs_ce.source})"
-        if g.vs_ce else "—",
-        "verdict": g.vs_ce.label if g.vs_ce else ("baseline" if g.method == "ce" else "no ce run to compare with"),
-    } for g in result.groups]
-    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
-    if result.test_note:
-        st.caption(result.test_note)
-    if result.excluded:
-        st.caption(f"{len(result.excluded)} cancelled, failed or unfinished run(s) are left out of the comparison "
-                   "(they stay in the history below).")
+    rows = []
+    for job in done:
+        result, meta = job.result, job.meta
+        base = _baseline(job, done) if meta.get("method") != "ce" else None
+        rows.append({
+            "run": job.label, "teacher": meta.get("teacher") or "—", "method": meta.get("method"),
+            "student": meta.get("student"), "epochs": len(result.get("history", [])), "status": str(job.status),
+            "val_acc": result.get("val_acc"), "test_acc": result.get("test_acc"),
+            "Δ val vs ce": result.get("val_acc") - base if base is not None else None,
+        })
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True, column_config={
+        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
+        "test_acc": st.column_config.NumberColumn("test acc", format="percent"),
+        "Δ val vs ce": st.column_config.NumberColumn(format="percent",
+                                                     help="Validation accuracy minus that of the ce run with the "
+                                                          "same student, epochs and seed."),
+    })
+    baselines = [r["val_acc"] for r in rows if r["method"] == "ce"]
     chart, _ = st.columns([3, 2])
     with chart:
-        base = result.baseline
-        st.plotly_chart(run_comparison([{"label": f"{g.name} (n={g.n})", "val_acc": g.val_mean, "error": g.val_std,
-                                         "baseline": g.method == "ce"} for g in result.groups],
-                                       baseline=base.val_mean if base else None), key="dist_compare")
+        st.plotly_chart(run_comparison([{"label": r["run"], "val_acc": r["val_acc"], "baseline": r["method"] == "ce"}
+                                        for r in rows], baseline=baselines[-1] if baselines else None),
+                        key="dist_compare")
 
 
-def _history(jobs: list[dict]) -> None:
+def _history(jobs: list[JobSnapshot]) -> None:
     if not jobs:
         return
     st.header("Run history (this session)")
     st.dataframe(pd.DataFrame([{
-        "started": datetime.fromtimestamp(j["started"] or j["created"]).strftime("%H:%M:%S"),
-        "run": j["label"], "target": j["meta"].get("target"), "status": j["status"],
-        "epochs done": len(j["history"]), "val_acc": (j["result"] or {}).get("val_acc"),
-        "test_acc": (j["result"] or {}).get("test_acc"), "seconds": round(j["elapsed"], 1),
-        "message": j["error"] or j["message"],
+        "started": datetime.fromtimestamp(j.started or j.created).strftime("%H:%M:%S"),
+        "run": j.label, "target": j.meta.get("target"), "status": str(j.status),
+        "epochs done": len(j.history), "val_acc": (j.result or {}).get("val_acc"),
+        "test_acc": (j.result or {}).get("test_acc"), "seconds": round(j.elapsed, 1),
+        "message": j.error or j.message,
     } for j in reversed(jobs)]), width="stretch", hide_index=True, column_config={
         "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
         "test_acc": st.column_config.NumberColumn("test acc", format="percent")})
 
 
-was_active = any(j["active"] for j in _runs())
+was_active = any(j.active for j in store.jobs(sid, kind="distill", history=False))
 
 
 def runs_section() -> None:
-    """Live progress with cancel buttons, curves, the comparison with ce and the history."""
+    """Live progress with cancel buttons, queue places, curves, the comparison with ce and the history."""
     jobs = _runs()
     _live(jobs)
     _comparison(jobs)
     _history(jobs)
-    if was_active and not any(j["active"] for j in jobs):
+    if was_active and not any(j.active for j in jobs):
         st.rerun(scope="app")  # refresh the downloads and the sidebar
 
 
@@ -218,18 +241,18 @@ st.fragment(runs_section, run_every="1s" if was_active else None)()
 # Downloads (outside the poller: a student is zipped only when shown)
 # ------------------------------------------------------------------------------------------------
 
-downloadable = [j for j in _runs() if j["status"] in ("finished", "cancelled") and j["result"]
-                and Path(j["result"].get("student_dir", "")).is_dir()]
+downloadable = [j for j in _runs() if j.status in (JobStatus.FINISHED, JobStatus.CANCELLED) and j.result
+                and Path(j.result.get("student_dir", "")).is_dir()]
 if downloadable:
     st.subheader("Download a student")
-    labels = {j["id"]: f"{j['label']} (val {j['result']['val_acc']:.1%}, {j['status']})" for j in downloadable}
+    labels = {j.id: f"{j.label} (val {j.result['val_acc']:.1%}, {j.status})" for j in downloadable}
     ui.valid_choice("w_dist_download", list(labels))
     choice = st.selectbox("Run", list(labels), format_func=labels.get, key="w_dist_download")
-    job = next(j for j in downloadable if j["id"] == choice)
+    job = next(j for j in downloadable if j.id == choice)
     st.caption("A teacher folder (config.json + model.safetensors): loads with plain timm and can join a "
                "teacher repository.")
     try:
-        data = zip_folder(Path(job["result"]["student_dir"]), arcname=f"student-{job['meta'].get('method')}-{choice}")
+        data = zip_folder(Path(job.result["student_dir"]), arcname=f"student-{job.meta.get('method')}-{choice}")
     except ScdError as exc:
         ui.show_error(exc)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.common import ui
+from pages.common import cluster, ui
 from scd_core.assess.metrics import DEFAULT_METRICS, METRICS
 from scd_core.assess.ranking import Ranking, rank
 from scd_core.viz.figures import direction_label, ranking_bar, sort_ranking
@@ -54,12 +54,14 @@ if submitted:
         bar = st.progress(0.0, text="Starting…")
         try:
             ranking = rank(target, repo, teachers=teachers, metrics=metrics, budget=budget_value, device=ui.device(),
-                           progress=ui.progress_callback(bar))
+                           progress=ui.progress_callback(bar), executor=cluster.executor())
         except Exception as exc:  # input feedback, or a bug's internal-error note
             bar.empty()
             ui.show_error(exc, "Ranking failed: ")
         else:
             bar.empty()
+            for name, why in ranking.failures.items():
+                st.warning(f"Teacher **{name}** could not be scored and is left out: {why}")
             store[key] = ranking
             st.session_state["last_ranking_key"] = key
 

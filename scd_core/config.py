@@ -29,6 +29,7 @@ LOGGER = logging.getLogger(__name__)
 
 DEMO_WORLDS = ("shapes", "digits")  # the names of scd_core.demo.worlds.WORLDS (a test keeps them equal)
 DEMO_SIZES = ("full", "small")
+EXECUTOR_NAMES = ("local", "ray")  # the backends of scd_core.runtime.executors
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -52,8 +53,11 @@ class Settings:
     archive_max_files: int
     archive_max_ratio: float
     max_teacher_classes: int
-    max_jobs: int
-    session_grace_s: float
+    executor: str
+    workers: int | None
+    torch_threads: int | None
+    session_max_running: int | None
+    session_ttl_s: float
     ray_address: str | None
 
 
@@ -92,6 +96,16 @@ def _number(minimum: float, inclusive: bool = True) -> Callable[[str], float]:
         if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
             raise ValueError(raw)
         return value
+
+    return parse
+
+
+def _auto_integer(minimum: int) -> Callable[[str], int | None]:
+    """``auto`` (None: the machine decides) or a whole number >= ``minimum``."""
+    whole = _integer(minimum)
+
+    def parse(raw: str) -> int | None:
+        return None if raw.lower() == "auto" else whole(raw)
 
     return parse
 
@@ -169,10 +183,18 @@ FIELDS: tuple[Field, ...] = (
           "highest compression ratio of an uploaded zip (per entry over 1 MiB, and for the whole archive)", "200"),
     Field("max_teacher_classes", "SCD_MAX_TEACHER_CLASSES", _integer(1), 100_000, "a whole number >= 1",
           "largest teacher head accepted (refused before its weights are allocated)", "100,000"),
-    Field("max_jobs", "SCD_MAX_JOBS", _integer(1), 1, "a whole number >= 1",
-          "distillation runs the app trains at the same time (more wait in a queue)"),
-    Field("session_grace_s", "SCD_SESSION_GRACE_S", _number(0.0), 60.0, "a number of seconds >= 0",
-          "how long the app keeps a closed browser session's jobs and files before removing them", "60"),
+    Field("executor", "SCD_EXECUTOR", _choice(EXECUTOR_NAMES), "local", "one of " + ", ".join(EXECUTOR_NAMES),
+          "where the app's runs, rankings and validations run: worker processes on this machine, or Ray tasks "
+          "(`ray`, also chosen when `RAY_ADDRESS` is set)", "local"),
+    Field("workers", "SCD_WORKERS", _auto_integer(1), None, "auto or a whole number >= 1",
+          "worker processes training at the same time (more runs wait in a fair queue); one device each",
+          "auto: one per GPU, else 1"),
+    Field("torch_threads", "SCD_TORCH_THREADS", _auto_integer(1), None, "auto or a whole number >= 1",
+          "torch threads of each worker process", "auto: CPU cores / workers"),
+    Field("session_max_running", "SCD_SESSION_MAX_RUNNING", _auto_integer(1), None, "auto or a whole number >= 1",
+          "running jobs one session may hold (no session can hold every worker)", "auto: workers - 1, at least 1"),
+    Field("session_ttl_s", "SCD_SESSION_TTL_S", _number(1.0), 7 * 24 * 3600.0, "a number of seconds >= 1",
+          "an app session idle this long, with no active job, is deleted with its files", "604800 (7 days)"),
     Field("ray_address", "RAY_ADDRESS", _text, None, "a Ray cluster address (the Ray convention)",
           "cluster of the `ray` executor", "a local Ray instance"),
 )
@@ -244,3 +266,15 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":  # pragma: no cover - prints the README table
     print(markdown_table())
+
+
+def worker_environment(import_path: str | None = None) -> dict[str, str]:
+    """Variables a worker process started for this one must see: every setting of :data:`FIELDS` that is set,
+    ``HF_HUB_OFFLINE``, and a ``PYTHONPATH`` that starts with ``import_path`` (where this project is)."""
+    env = {spec.env: os.environ[spec.env] for spec in FIELDS if os.environ.get(spec.env)}
+    if os.environ.get("HF_HUB_OFFLINE"):
+        env["HF_HUB_OFFLINE"] = os.environ["HF_HUB_OFFLINE"]
+    path = [p for p in (import_path, os.environ.get("PYTHONPATH")) if p]
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(path)
+    return env

@@ -17,6 +17,11 @@ real zip of PNG files -> a broken upload (error shown) -> back to the demo -> Te
 finished curves and comparison). After every action it waits for
 ``[data-testid="stApp"][data-test-script-state="notRunning"]``. It fails (exit 1) when a page shows an
 exception box, and writes ``report.json`` (steps, timings, errors seen) beside the screenshots.
+
+``--runtime`` checks instead that runs survive the browser and the server: on the Distill page it starts
+a run, reloads the page (the session id is in the address) and sees the run continue, waits for it to
+finish, stops the server (SIGTERM) and starts a new one on the same workspace, opens the same address
+and sees the finished run and its student download still there (screenshots ``runtime_*.png``).
 """
 
 from __future__ import annotations
@@ -125,6 +130,120 @@ class Driver:
 
     def wait_text(self, text: str, timeout: float = 600) -> None:
         self.page.get_by_text(text).first.wait_for(timeout=timeout * 1000)
+
+
+def start_server(port: int, env: dict, log) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def run_runtime(args: argparse.Namespace) -> int:
+    """Start a run, reload and see it continue; restart the server and see the finished run and its student."""
+    from playwright.sync_api import sync_playwright
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("runtime_*.png"):
+        old.unlink()
+    tmp = Path(tempfile.mkdtemp(prefix="scd-browser-runtime-"))
+    workspace = Path(args.workspace).resolve() if args.workspace else tmp / "workspace"
+    env = dict(os.environ, SCD_WORKSPACE=str(workspace), SCD_CACHE_DIR=str(workspace / "cache"),
+               SCD_DEMO_SIZE="small", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    port = args.port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed in finally
+    proc = start_server(port, env, log)
+    checks: dict[str, bool] = {}
+    d = None
+    try:
+        wait_health(base, proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1500, "height": args.height})
+            d = Driver(page, out)
+            page.goto(base, wait_until="domcontentloaded")
+            page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+            d.idle()
+            d.wait_text("Images per class and split", timeout=args.build_timeout)
+            d.idle()
+            d.nav("Distill")
+            d.choose("Student architecture", "test_resnet")
+            methods = page.get_by_test_id("stMultiSelect").filter(has_text="Methods").first
+            for _ in range(3):  # keep only ce: one run, no teacher
+                remove = methods.get_by_role("button", name="Remove scd")
+                if remove.count():
+                    remove.first.click()
+                    d.idle()
+            epochs = page.get_by_label("Epochs")
+            epochs.fill(str(args.runtime_epochs))
+            epochs.press("Tab")
+            d.click_button("Start runs")
+            d.wait_text("Running (1)", timeout=120)
+            page.get_by_text("epoch 1/").first.wait_for(timeout=300_000)
+            url = page.url
+            checks["session id in the address"] = "s=" in url
+            d.shot("runtime_1_running", f"a run in progress; address {url.split('?')[-1][:12]}...")
+            page.reload(wait_until="domcontentloaded")
+            page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+            d.idle()
+            checks["reload keeps the session"] = page.url == url
+            page.get_by_text("Run history (this session)").first.wait_for(timeout=120_000)
+            checks["run continues after reload"] = bool(page.get_by_text("Running (1)").count()
+                                                        or page.get_by_text("Download student (.zip)").count())
+            d.shot("runtime_2_after_reload", "after F5: same session, the run goes on")
+            deadline = time.time() + 900
+            while page.get_by_text("Running (").count() and time.time() < deadline:
+                time.sleep(1)
+            d.wait_text("Download student (.zip)", timeout=120)
+            d.idle()
+            d.shot("runtime_3_finished", "finished before the restart")
+
+            stop_server(proc)
+            proc = start_server(port, env, log)
+            wait_health(base, proc)
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+            d.idle()
+            d.wait_text("Download student (.zip)", timeout=120)
+            d.idle()
+            checks["finished run and student download after a server restart"] = \
+                page.get_by_text("Run history (this session)").count() > 0
+            with page.expect_download(timeout=60_000) as info:
+                page.get_by_role("button", name="Download student (.zip)").first.click()
+            saved = tmp / "student.zip"
+            info.value.save_as(saved)
+            with zipfile.ZipFile(saved) as zf:
+                names = zf.namelist()
+            checks["downloaded student has config.json and model.safetensors"] = \
+                any(n.endswith("/config.json") for n in names) and any(n.endswith("/model.safetensors") for n in names)
+            d.shot("runtime_4_after_server_restart", "after a server restart: the run, its curves and the download")
+            browser.close()
+    finally:
+        stop_server(proc)
+        log.close()
+        shutil.copy(tmp / "streamlit.log", out / "runtime_streamlit.log")
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    steps = d.steps if d is not None else []
+    (out / "runtime_report.json").write_text(json.dumps({"steps": steps, "checks": checks}, indent=2))
+    failed = [k for k, v in checks.items() if not v] + [s["screenshot"] for s in steps if s["exceptions"]]
+    print(json.dumps(checks, indent=2))
+    if failed or len(checks) < 5:
+        print(f"FAILED: {failed}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(steps)} screenshots in {out}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,7 +364,10 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=1800, help="viewport height (screenshots are full page)")
     parser.add_argument("--build-timeout", type=float, default=900, help="seconds to wait for the demo build")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    return run(parser.parse_args())
+    parser.add_argument("--runtime", action="store_true", help="check runs across a reload and a server restart")
+    parser.add_argument("--runtime-epochs", type=int, default=40, help="epochs of the run of --runtime")
+    args = parser.parse_args()
+    return run_runtime(args) if args.runtime else run(args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -r requirements-dev.txt
+# The optional Ray extra, so that the tests of the ray executor run (they skip only where it is absent).
+python3 -c "import ray" 2>/dev/null || python3 -m pip install -q -r requirements-ray.txt
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 -m ruff check .
 set +e

@@ -11,7 +11,7 @@ from helpers import make_teacher, make_zip, write_image, write_image_folder, zip
 from streamlit.testing.v1 import AppTest
 
 from scd_core.demo.worlds import ensure_world
-from scd_core.runtime.jobs import default_manager
+from scd_core.runtime.jobs import JobStatus, default_store
 from scd_core.runtime.workspace import workspace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +57,13 @@ def upload_target(at: AppTest, name: str, data: bytes) -> AppTest:
     return clean(at.run())
 
 
-def wait_for_runs(at: AppTest, limit: float = 120) -> AppTest:
-    """Drive the polling fragment with ``run()`` until no run is in progress."""
+def wait_for_runs(at: AppTest, limit: float = 600) -> AppTest:
+    """Drive the polling fragment with ``run()`` until no run is in progress (runs start in a worker process,
+    which imports torch first: slow on a loaded machine)."""
     deadline = time.time() + limit
     while time.time() < deadline:
         clean(at.run())
-        if not any(s.value.startswith("Running (") for s in at.subheader):
+        if not any(s.value.startswith(("Running (", "Queued (")) for s in at.subheader):
             return clean(at.run())
         time.sleep(0.5)
     raise AssertionError("runs did not finish in time")
@@ -258,9 +259,9 @@ def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
     bob.switch_page("pages/distill.py")
     clean(bob.run())
     assert "Run history (this session)" not in headers(bob)
-    manager = default_manager()
-    assert manager.jobs(bob.session_state["scd_session"]) == []
-    assert len(manager.jobs(alice.session_state["scd_session"])) == 1
+    store = default_store()
+    assert store.jobs(bob.session_state["scd_session"]) == []
+    assert len(store.jobs(alice.session_state["scd_session"])) == 1
     assert alice.session_state["scd_session"] != bob.session_state["scd_session"]
     wait_for_runs(alice)
 
@@ -293,17 +294,17 @@ def test_a_run_is_cancelled_from_the_page():
     at.number_input(key="w_dist_batch").set_value(4)
     button(at, "Start runs").click()
     clean(at.run())
-    manager, sid = default_manager(), at.session_state["scd_session"]
-    deadline = time.time() + 60
-    while not manager.jobs(sid)[0]["history"] and time.time() < deadline:  # training has started
+    store, sid = default_store(), at.session_state["scd_session"]
+    deadline = time.time() + 120
+    while not store.jobs(sid)[0].history and time.time() < deadline:  # training has started
         time.sleep(0.2)
     clean(at.run())
     cancel = next(b for b in at.button if b.label == "Cancel")
     cancel.click()
     clean(at.run())
     wait_for_runs(at, limit=30)
-    job = manager.jobs(sid)[0]
-    assert job["status"] == "cancelled" and len(job["history"]) < 400
+    job = store.jobs(sid)[0]
+    assert job.status is JobStatus.CANCELLED and len(job.history) < 400
     assert "cancelled" in list(at.dataframe[-1].value["status"])
 
 
@@ -316,3 +317,36 @@ def test_an_operator_configured_teacher_folder_joins_the_demo_zoo(tmp_path, monk
     table = at.dataframe[0].value
     assert len(table) == 8 and table.loc["house_model", "source"] == f"folder {tmp_path / 'repo'}"
     assert table.loc["house_model", "description"] == "in-house"
+
+
+def test_a_reload_with_the_session_link_returns_to_the_uploads_and_runs(tmp_path):
+    folder = write_image_folder(tmp_path / "mine", {"x": 4, "y": 4}, size=16)
+    at = upload_target(clean(new_app().run()), "mine.zip", make_zip(folder, tmp_path / "mine.zip").read_bytes())
+    sid = at.session_state["scd_session"]
+    assert at.query_params["s"] == [sid] or at.query_params["s"] == sid  # the id is in the URL
+    at.switch_page("pages/distill.py")
+    clean(at.run())
+    at.multiselect(key="w_dist_methods").set_value(["ce"])
+    at.selectbox(key="w_dist_student").set_value("test_resnet")
+    at.number_input(key="w_dist_epochs").set_value(1)
+    button(at, "Start runs").click()
+    clean(at.run())
+
+    # a reload: a new browser session (empty session state) opening the same link
+    again = new_app()
+    again.query_params["s"] = sid
+    clean(again.run())
+    assert again.session_state["scd_session"] == sid
+    assert "Target set: upload 'mine.zip'" in headers(again)
+    again.switch_page("pages/distill.py")
+    wait_for_runs(clean(again.run()))
+    assert "Run history (this session)" in headers(again)
+    assert list(again.dataframe[-1].value["status"]) == ["finished"]
+    assert any(b.label == "Download student (.zip)" for b in again.get("download_button"))
+
+    # an unknown id is not adopted: a fresh session without the other's data
+    stranger = new_app()
+    stranger.query_params["s"] = "x" * 32
+    clean(stranger.run())
+    assert stranger.session_state["scd_session"] not in (sid, "x" * 32)
+    assert "Target set: demo world 'shapes'" in headers(stranger)

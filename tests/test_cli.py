@@ -89,3 +89,22 @@ def test_distill_command_writes_history_and_student(paths):
     assert [h["epoch"] for h in data["history"]] == [1, 2]
     assert set(data["history"][0]) == {"epoch", "train_loss", "val_acc"}
     assert Path(data["student_dir"], "model.safetensors").is_file()
+
+
+def test_validate_writes_a_scatter_report(paths):
+    target, repo, root = paths
+    report, out = root / "check.html", root / "validate.json"
+    res = _run("validate", "--target", target, "--repo", repo, "--metrics", "scd,leep", "--seeds", "1",
+               "--epochs", "1", "--device", "cpu", "--report", str(report), "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["report"] == str(report) and {t["name"] for t in data["teachers"]} == {"wide", "narrow"}
+    html = report.read_text()
+    assert "scd: weighted tau" in html and "leep: weighted tau" in html and "narrow" in html
+
+
+def test_validate_refuses_a_bad_report_name_before_training(paths):
+    target, repo, root = paths
+    res = _run("validate", "--target", target, "--repo", repo, "--seeds", "1", "--epochs", "1",
+               "--report", str(root / "check.docx"))
+    assert res.returncode != 0 and "check.docx" in res.stderr and "Traceback" not in res.stderr

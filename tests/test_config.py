@@ -42,8 +42,12 @@ PARSED = [
     ("SCD_ARCHIVE_MAX_FILES", "4", 4),
     ("SCD_ARCHIVE_MAX_RATIO", "50", 50.0),
     ("SCD_MAX_TEACHER_CLASSES", "10", 10),
-    ("SCD_MAX_JOBS", "3", 3),
-    ("SCD_SESSION_GRACE_S", "0.5", 0.5),
+    ("SCD_EXECUTOR", "Ray", "ray"),
+    ("SCD_WORKERS", "3", 3),
+    ("SCD_WORKERS", "auto", None),
+    ("SCD_TORCH_THREADS", "2", 2),
+    ("SCD_SESSION_MAX_RUNNING", "1", 1),
+    ("SCD_SESSION_TTL_S", "0.5e4", 5000.0),
     ("RAY_ADDRESS", "ray://head:10001", "ray://head:10001"),
 ]
 
@@ -57,7 +61,8 @@ REFUSED = [
     ("SCD_ALLOW_SERVER_PATHS", "maybe"),
     ("SCD_MAX_IMAGE_PIXELS", "0"), ("SCD_ARCHIVE_MAX_BYTES", "0"), ("SCD_ARCHIVE_MAX_FILES", "many"),
     ("SCD_ARCHIVE_MAX_RATIO", "0"), ("SCD_MAX_TEACHER_CLASSES", "-5"),
-    ("SCD_MAX_JOBS", "0"), ("SCD_SESSION_GRACE_S", "soon"),
+    ("SCD_EXECUTOR", "dask"), ("SCD_WORKERS", "0"), ("SCD_TORCH_THREADS", "many"),
+    ("SCD_SESSION_MAX_RUNNING", "-1"), ("SCD_SESSION_TTL_S", "soon"),
 ]
 
 
@@ -87,8 +92,9 @@ def test_defaults():
         workspace=None, cache_dir=None, workspace_max_bytes=50 * GiB, workspace_min_age_s=600.0,
         cache_max_bytes=20 * GiB, device="auto", demo_size="full", demo_world="shapes", allow_server_paths=False,
         teachers=(), max_image_pixels=64_000_000, archive_max_bytes=2 * GiB, archive_max_files=100_000,
-        archive_max_ratio=200.0, max_teacher_classes=100_000, max_jobs=1, session_grace_s=60.0, ray_address=None)
-    assert parse_settings({"SCD_DEVICE": "  ", "SCD_MAX_JOBS": ""}) == DEFAULTS  # empty counts as unset
+        archive_max_ratio=200.0, max_teacher_classes=100_000, executor="local", workers=None, torch_threads=None,
+        session_max_running=None, session_ttl_s=7 * 24 * 3600.0, ray_address=None)
+    assert parse_settings({"SCD_DEVICE": "  ", "SCD_WORKERS": ""}) == DEFAULTS  # empty counts as unset
 
 
 def test_settings_are_frozen_and_match_the_field_table():
@@ -99,15 +105,15 @@ def test_settings_are_frozen_and_match_the_field_table():
 
 
 def test_settings_follow_the_environment_and_parse_once_per_snapshot(monkeypatch):
-    monkeypatch.setenv("SCD_MAX_JOBS", "2")
+    monkeypatch.setenv("SCD_WORKERS", "2")
     first = settings()
-    assert first.max_jobs == 2 and settings() is first  # unchanged environment: the cached object
-    monkeypatch.setenv("SCD_MAX_JOBS", "5")
-    assert settings().max_jobs == 5
-    monkeypatch.setenv("SCD_MAX_JOBS", "2")
+    assert first.workers == 2 and settings() is first  # unchanged environment: the cached object
+    monkeypatch.setenv("SCD_WORKERS", "5")
+    assert settings().workers == 5
+    monkeypatch.setenv("SCD_WORKERS", "2")
     assert settings() is first
-    monkeypatch.setenv("SCD_MAX_JOBS", "none")
-    with pytest.raises(ScdError, match="SCD_MAX_JOBS='none'"):
+    monkeypatch.setenv("SCD_WORKERS", "none")
+    with pytest.raises(ScdError, match="SCD_WORKERS='none'"):
         settings()
 
 

@@ -153,3 +153,40 @@ def test_training_curves_and_comparison():
                                                                            "baseline": True}], baseline=0.2))
     assert comp["data"][0]["x"] == ["scd ← t", "ce"]
     assert comp["layout"]["shapes"] and "ce baseline" in json.dumps(comp["layout"]["annotations"])
+
+
+def _validation_report() -> dict:
+    teachers = [{"name": "a", "scores": {"scd": -0.5, "scd_cost": 0.2}, "accuracy_mean": 0.8, "accuracy_std": 0.02},
+                {"name": "b", "scores": {"scd": -0.9, "scd_cost": 0.4}, "accuracy_mean": 0.5, "accuracy_std": 0.05},
+                {"name": "c", "scores": {"scd": -1.2, "scd_cost": 0.1}, "accuracy_mean": 0.3, "accuracy_std": 0.0}]
+    return {"teachers": teachers, "method": "scd", "seeds": 3, "accuracy_split": "test",
+            "metrics": {"scd": {"weighted_tau": 1.0}, "scd_cost": {"weighted_tau": None}}}
+
+
+def test_validation_scatter_has_one_panel_per_metric_with_its_weighted_tau():
+    from scd_core.viz.figures import validation_scatter
+
+    spec = _spec(validation_scatter(_validation_report()))
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert titles == ["scd: weighted tau 1.00", "scd_cost: weighted tau n/a"]
+    assert len(spec["data"]) == 2
+    scd, cost = spec["data"]
+    assert scd["x"] == [-0.5, -0.9, -1.2] and scd["y"] == [0.8, 0.5, 0.3] and scd["text"] == ["a", "b", "c"]
+    assert scd["error_y"]["array"] == [0.02, 0.05, 0.0]
+    assert cost["x"] == [0.2, 0.4, 0.1]
+    axes = {k: v["title"]["text"] for k, v in spec["layout"].items() if k.startswith("xaxis")}
+    assert "lower is better" in axes["xaxis2"] and "higher is better" in axes["xaxis"]
+
+
+def test_write_figure_html_is_self_contained_and_bad_names_are_refused(tmp_path):
+    from scd_core.errors import ScdError
+    from scd_core.viz.figures import validation_scatter, write_figure
+
+    out = write_figure(validation_scatter(_validation_report()), str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    assert out.endswith("report.html") and "scd: weighted tau 1.00" in html
+    assert '<script src="https://cdn' not in html and len(html) > 1_000_000  # plotly.js embedded: opens offline
+    with pytest.raises(ScdError, match=r"report\.txt"):
+        write_figure(validation_scatter(_validation_report()), str(tmp_path / "report.txt"))
+    with pytest.raises(ScdError, match="folder"):
+        write_figure(validation_scatter(_validation_report()), str(tmp_path / "missing" / "r.html"))

@@ -51,7 +51,6 @@ files or jobs; cancelling a run frees its models; the output cache and the works
 
 from __future__ import annotations
 
-import gc
 import gzip
 import io
 import json
@@ -89,7 +88,7 @@ from scd_core.ot.transport import exact_cost, exact_plan, sinkhorn
 from scd_core.outputs import cache
 from scd_core.outputs.streaming import TeacherOutputs
 from scd_core.runtime import workspace
-from scd_core.runtime.jobs import CANCELLED, FINISHED, JobManager, distill_job
+from scd_core.runtime.jobs import Dispatcher, JobStatus, JobStore, submit_distill
 from scd_core.runtime.session import (
     add_uploaded_teacher,
     load_uploaded_target,
@@ -97,6 +96,8 @@ from scd_core.runtime.session import (
     remove_session,
     session_dir,
 )
+from scd_core.runtime.settings import read_settings
+from scd_core.runtime.worker import run_job
 from scd_core.teachers.repository import TeacherRepository, load_teacher, spec_from_folder
 
 ESCAPE = f"scd-escape-{uuid.uuid4().hex[:12]}"  # the name a hostile entry tries to write outside
@@ -1141,11 +1142,30 @@ def test_two_sessions_uploading_the_same_zip_at_once_do_not_share(ws):
     remove_session(sessions[0])
 
 
+def _dispatcher(tmp_path, workers: int = 1) -> Dispatcher:
+    from dataclasses import replace
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    config = replace(read_settings(), workers=workers, torch_threads=1, session_max_running=1)
+    return Dispatcher(store, config=config, poll_s=0.05, warm=False).start()
+
+
+def _wait(store: JobStore, job_id: str, timeout: float, until=lambda j: not j.active):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = store.get(job_id)
+        if until(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not get there in time: {store.get(job_id)}")
+
+
 def test_two_sessions_ranking_and_distilling_at_once(teacher_dir, ws, tmp_path):
     from scd_core.assess.ranking import rank
     from scd_core.distill.trainer import DistillConfig
 
-    manager = JobManager(max_workers=2, grace_s=0.0, reap_interval_s=3600)
+    dispatcher = _dispatcher(tmp_path)
+    store = dispatcher.store
     alice, bob = new_session_id(), new_session_id()
     splits = {"train": {"red": 4, "blue": 4}, "val": {"red": 2, "blue": 2}}
     folder = write_image_folder(tmp_path / "t", {}, size=16, splits=splits)
@@ -1156,58 +1176,26 @@ def test_two_sessions_ranking_and_distilling_at_once(teacher_dir, ws, tmp_path):
     config = DistillConfig(method="ce", student="test_resnet", epochs=1, batch_size=4, device="cpu")
     repo = TeacherRepository.from_folder(teacher_dir)
     try:
-        job_a = manager.submit(alice, distill_job(target_a, None, config, run_dir), label="distill", kind="distill")
-        job_b = manager.submit(bob, lambda report, cancel: rank(target_b, repo, metrics=["scd", "leep"],
-                                                                device="cpu").names, label="rank")
-        done_a, done_b = manager.wait(alice, job_a, 120), manager.wait(bob, job_b, 120)
-        assert done_a["status"] == FINISHED, done_a["error"]
-        assert done_b["status"] == FINISHED and done_b["result"] == ["t"], done_b["error"]
-        assert [j["id"] for j in manager.jobs(alice)] == [job_a] and [j["id"] for j in manager.jobs(bob)] == [job_b]
-        assert manager.get(bob, job_a) is None and not manager.cancel(bob, job_a) and not manager.forget(alice, job_b)
+        job_a = submit_distill(store, alice, target=target_a.source, extract_dir=str(session_dir(alice, "targets")),
+                               teacher=None, config=config, run_dir=run_dir, label="distill")
+        dispatcher.kick()
+        ranked = rank(target_b, repo, metrics=["scd", "leep"], device="cpu").names  # meanwhile, here
+        done_a = _wait(store, job_a, 180)
+        assert done_a.status is JobStatus.FINISHED, done_a.error
+        assert ranked == ["t"]
+        assert [j.id for j in store.jobs(alice)] == [job_a] and store.jobs(bob) == []
+        assert store.get(job_a, session=bob) is None and not store.request_cancel(job_a, session=bob)
+        assert not store.forget(job_a, session=bob)
         assert (run_dir / "student" / "config.json").is_file()
         assert target_a.root != target_b.root and session_dir(bob) in target_b.root.parents
         assert not any(session_dir(bob).rglob("run.json"))  # bob's folders hold no trace of alice's run
     finally:
-        manager.shutdown()
+        dispatcher.shutdown()
         remove_session(alice)
         remove_session(bob)
 
 
-def test_cancelling_a_job_drops_its_references():
-    manager = JobManager(max_workers=1, grace_s=0.0, reap_interval_s=3600)
-
-    class Payload:  # stands for a model and its data held by a running job
-        def __init__(self) -> None:
-            self.tensor = torch.zeros(1 << 20)
-
-    payload = Payload()
-    ref = weakref.ref(payload)
-    started = threading.Event()
-
-    def make_job(held: Payload):
-        def fn(report, cancel):
-            started.set()
-            while not cancel.is_set():
-                report({"message": f"working on {held.tensor.numel()} values"})
-                time.sleep(0.01)
-            return {"status": "cancelled"}
-
-        return fn
-
-    try:
-        job_id = manager.submit("s", make_job(payload), label="x")
-        del payload
-        assert started.wait(10)
-        assert manager.cancel("s", job_id)
-        assert manager.wait("s", job_id, 10)["status"] == CANCELLED
-        gc.collect()
-        assert ref() is None  # the manager no longer holds the job's data ...
-        assert manager.get("s", job_id)["status"] == CANCELLED  # ... only its record
-    finally:
-        manager.shutdown()
-
-
-def test_cancelling_a_real_run_frees_its_models(teacher_dir, tmp_path, monkeypatch):
+def test_a_cancelled_real_run_never_held_models_in_the_server_process(teacher_dir, tmp_path, monkeypatch):
     import timm
 
     from scd_core.distill.trainer import DistillConfig
@@ -1221,22 +1209,21 @@ def test_cancelling_a_real_run_frees_its_models(teacher_dir, tmp_path, monkeypat
         return model
 
     monkeypatch.setattr(timm, "create_model", tracking)
-    target = load_target(write_image_folder(tmp_path / "t", {"red": 6, "blue": 6}, size=16))
+    folder = write_image_folder(tmp_path / "t", {"red": 6, "blue": 6}, size=16)
     teacher = spec_from_folder(teacher_dir)
     config = DistillConfig(method="scd", student="test_resnet", epochs=500, batch_size=4, device="cpu")
-    manager = JobManager(max_workers=1, grace_s=0.0, reap_interval_s=3600)
+    dispatcher = _dispatcher(tmp_path)
+    store = dispatcher.store
     try:
-        job_id = manager.submit("s", distill_job(target, teacher, config, tmp_path / "run"), label="long")
-        deadline = time.time() + 60
-        while not manager.get("s", job_id)["history"] and time.time() < deadline:
-            time.sleep(0.05)
-        assert manager.cancel("s", job_id), manager.get("s", job_id)["error"]
-        assert manager.wait("s", job_id, 30)["status"] == CANCELLED
+        job_id = submit_distill(store, "s", target=str(folder), extract_dir=None, teacher=teacher, config=config,
+                                run_dir=tmp_path / "run", label="long")
+        dispatcher.kick()
+        _wait(store, job_id, 180, until=lambda j: j.history or not j.active)
+        assert store.request_cancel(job_id, session="s"), store.get(job_id).error
+        assert _wait(store, job_id, 30).status is JobStatus.CANCELLED
     finally:
-        manager.shutdown()
-    gc.collect()
-    assert len(created) >= 2  # the teacher and the student
-    assert [r for r in created if r() is not None] == []
+        dispatcher.shutdown()
+    assert created == []  # the teacher and the student lived in the worker, never in this process
 
 
 # -- workspace size limit ------------------------------------------------------------------------
@@ -1295,6 +1282,7 @@ def test_workspace_limit_applies_to_uploads(ws, monkeypatch):
 
 def test_a_running_distillation_holds_its_files(monkeypatch, tmp_path, ws):
     from scd_core.distill import trainer
+    from scd_core.distill.trainer import DistillConfig
 
     seen = {}
 
@@ -1303,18 +1291,24 @@ def test_a_running_distillation_holds_its_files(monkeypatch, tmp_path, ws):
             self.run_dir = str(run_dir)
 
         def to_json(self) -> dict:
-            return {"run_dir": self.run_dir}
+            return {"run_dir": self.run_dir, "status": "finished"}
 
     def fake_distill(target, teacher, config, *, progress, cancel, run_dir):
         seen["target"] = workspace.in_use(target.root / "a")
         seen["run"] = workspace.in_use(run_dir)
+        Path(run_dir).mkdir(parents=True)
         return Result(run_dir)
 
     monkeypatch.setattr(trainer, "distill", fake_distill)
-    target = load_target(write_image_folder(tmp_path / "t", {"a": 2, "b": 2}))
-    distill_job(target, None, None, tmp_path / "run")(lambda e: None, threading.Event())
+    folder = write_image_folder(tmp_path / "t", {"a": 2, "b": 2})
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = submit_distill(store, "s", target=str(folder), extract_dir=None, teacher=None,
+                            config=DistillConfig(method="ce"), run_dir=tmp_path / "run", label="x")
+    assert store.claim(job_id)
+    assert run_job(str(store.path), job_id) == "finished"  # the worker's entry point, here in this process
     assert seen == {"target": True, "run": True}
-    assert not workspace.in_use(target.root) and not workspace.in_use(tmp_path / "run")
+    assert store.get(job_id).result["run_dir"] == str(tmp_path / "run")  # published under its final name
+    assert not workspace.in_use(folder) and not workspace.in_use(tmp_path / "run")
 
 
 # ------------------------------------------------------------------------------------------------

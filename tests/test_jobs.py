@@ -1,187 +1,331 @@
-"""Background jobs: they run, report progress, cancel within a second, and sessions do not see each other."""
+"""The runtime: the SQLite job store, worker processes through the executor interface, fair queueing,
+fast cancel, and real SIGKILLs of workers and of the server."""
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from helpers import make_teacher, write_image_folder
+from helpers import write_image_folder
 
 from scd_core import ScdError
-from scd_core.data.targets import load_target
 from scd_core.distill.trainer import DistillConfig
-from scd_core.runtime.jobs import CANCELLED, FAILED, FINISHED, JobManager, distill_job
-from scd_core.teachers.repository import spec_from_folder
+from scd_core.runtime import store as store_mod
+from scd_core.runtime.jobs import Dispatcher, JobStatus, JobStore, submit_distill
+from scd_core.runtime.settings import read_settings
+from scd_core.runtime.worker import staging_dir
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def manager():
-    m = JobManager(max_workers=1, grace_s=0.0, reap_interval_s=3600)
-    yield m
-    m.shutdown()
+def store(tmp_path) -> JobStore:
+    s = JobStore(tmp_path / "jobs.sqlite")
+    yield s
+    s.close()
 
 
-def _epochs(n: int, delay: float = 0.0):
-    def fn(report, cancel):
-        for epoch in range(1, n + 1):
-            if cancel.is_set():
-                return {"status": "cancelled"}
-            time.sleep(delay)
-            report({"phase": "epoch", "epoch": epoch, "epochs": n, "train_loss": 1.0 / epoch, "val_acc": 0.1 * epoch,
-                    "step": epoch, "steps": n})
-        return {"status": "finished", "val_acc": 0.1 * n}
-
-    return fn
+@pytest.fixture
+def dispatch(store):
+    """A dispatcher with one training worker (the store's own, stopped after the test)."""
+    config = replace(read_settings(), workers=1, torch_threads=1, session_max_running=1)
+    d = Dispatcher(store, config=config, cancel_grace_s=0.5, warm=False)
+    yield d
+    d.shutdown()
 
 
-def _until_cancelled(started: threading.Event):
-    def fn(report, cancel):
-        started.set()
-        while not cancel.is_set():
-            report({"phase": "training", "epoch": 1, "epochs": 1, "step": 1, "steps": 2, "loss": 0.5})
-            time.sleep(0.01)
-        return {"status": "cancelled"}
-
-    return fn
-
-
-def test_a_job_runs_and_reports_progress_and_history(manager):
-    job_id = manager.submit("s1", _epochs(3), label="three epochs", kind="distill", meta={"method": "ce"})
-    job = manager.wait("s1", job_id, timeout=10)
-    assert job["status"] == FINISHED and job["progress"] == 1.0 and not job["active"]
-    assert [h["epoch"] for h in job["history"]] == [1, 2, 3]
-    assert job["history"][-1]["val_acc"] == pytest.approx(0.3)
-    assert job["result"]["val_acc"] == pytest.approx(0.3) and job["meta"] == {"method": "ce"}
-    assert job["message"] == "finished" and job["last_event"]["epoch"] == 3
+def wait_for(predicate, timeout: float = 120.0, every: float = 0.02):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
 
 
-def test_progress_is_visible_while_running(manager):
-    gate = threading.Event()
-
-    def fn(report, cancel):
-        report({"fraction": 0.25, "message": "a quarter"})
-        gate.wait(5)
-        return 1
-
-    job_id = manager.submit("s1", fn, label="slow")
-    deadline = time.time() + 5
-    while manager.get("s1", job_id)["progress"] < 0.25 and time.time() < deadline:
-        time.sleep(0.01)
-    job = manager.get("s1", job_id)
-    assert job["status"] == "running" and job["progress"] == 0.25 and job["message"] == "a quarter"
-    gate.set()
-    assert manager.wait("s1", job_id, 5)["status"] == FINISHED
-
-
-def test_cancel_stops_a_running_job_within_a_second(manager):
-    started = threading.Event()
-    job_id = manager.submit("s1", _until_cancelled(started), label="endless")
-    assert started.wait(5)
-    t0 = time.perf_counter()
-    assert manager.cancel("s1", job_id)
-    assert manager.get("s1", job_id)["status"] in ("cancelling", CANCELLED)
-    job = manager.wait("s1", job_id, timeout=1.0)
-    assert job["status"] == CANCELLED and time.perf_counter() - t0 < 1.0
-    assert not manager.cancel("s1", job_id)  # already over
-
-
-def test_queued_jobs_wait_for_a_worker_and_cancel_at_once(manager):
-    started = threading.Event()
-    first = manager.submit("s1", _until_cancelled(started), label="first")
-    assert started.wait(5)
-    second = manager.submit("s1", _epochs(1), label="second")
-    time.sleep(0.2)
-    assert manager.get("s1", second)["status"] == "queued"
-    manager.cancel("s1", second)
-    assert manager.wait("s1", second, 1.0)["status"] == CANCELLED
-    manager.cancel("s1", first)
-    assert manager.wait("s1", first, 1.0)["status"] == CANCELLED
-
-
-def test_two_sessions_are_isolated(manager):
-    a = manager.submit("alice", _epochs(1), label="a")
-    b = manager.submit("bob", _epochs(1), label="b")
-    manager.wait("alice", a, 5)
-    manager.wait("bob", b, 5)
-    assert [j["id"] for j in manager.jobs("alice")] == [a]
-    assert [j["id"] for j in manager.jobs("bob")] == [b]
-    assert manager.get("alice", b) is None and manager.get("bob", a) is None
-    assert not manager.cancel("alice", b) and not manager.forget("alice", b)
-    assert manager.forget("alice", a) and manager.jobs("alice") == [] and len(manager.jobs("bob")) == 1
-
-
-def test_errors_become_messages(manager):
-    def bad_input(report, cancel):
-        raise ScdError("method 'kd' needs the teacher's label space to equal the target's")
-
-    def bug(report, cancel):
-        raise RuntimeError("boom")
-
-    j1 = manager.submit("s", bad_input, label="kd")
-    j2 = manager.submit("s", bug, label="bug")
-    assert manager.wait("s", j1, 5)["error"].startswith("method 'kd' needs")
-    job = manager.wait("s", j2, 5)
-    assert job["status"] == FAILED and job["error"] == "RuntimeError: boom"
-
-
-def test_a_key_reuses_the_active_job(manager):
-    gate = threading.Event()
-    first = manager.submit("shared", lambda r, c: gate.wait(5), label="build", key="demo:x", uses_slot=False)
-    assert manager.submit("shared", lambda r, c: None, label="build", key="demo:x", uses_slot=False) == first
-    assert manager.find("shared", "demo:x")["id"] == first
-    gate.set()
-    manager.wait("shared", first, 5)
-
-
-def test_a_closed_session_has_its_jobs_cancelled_and_is_forgotten(manager):
-    closed = []
-    manager.on_session_closed.append(closed.append)
-    alive = {"alice": True, "bob": True}
-    manager.touch("alice", alive=lambda: alive["alice"])
-    manager.touch("bob", alive=lambda: alive["bob"])
-    started = threading.Event()
-    job_id = manager.submit("alice", _until_cancelled(started), label="endless")
-    assert started.wait(5)
-    assert manager.reap() == []
-    alive["alice"] = False
-    manager.reap()  # cancels; the session closes once its worker has stopped
-    manager.wait("alice", job_id, 1.0)
-    assert manager.reap() == ["alice"] and closed == ["alice"]
-    assert manager.jobs("alice") == [] and "bob" in manager.sessions()
+def call(store: JobStore, session: str, fn: str = "steps", **kwargs) -> str:
+    return store.submit(session, "call", f"{fn} {kwargs}", params={"callable": f"job_tasks:{fn}", "kwargs": kwargs})
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("jobs")
-    splits = {"train": {"red": 4, "blue": 4}, "val": {"red": 2, "blue": 2}}
-    target = load_target(write_image_folder(root / "target", {}, size=16, splits=splits, unlabeled=4))
-    teacher = spec_from_folder(make_teacher(root / "teacher", 3, img_size=16, seed=3))
-    return target, teacher, root
+def target_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("rt") / "t", {"red": 16, "blue": 16}, size=16)
 
 
-def test_a_real_distillation_job_reports_epochs(manager, tiny):
-    target, teacher, root = tiny
-    config = DistillConfig(method="scd", student="test_resnet", epochs=2, batch_size=8, device="cpu")
-    job_id = manager.submit("s", distill_job(target, teacher, config, root / "run-a"), label="scd", kind="distill")
-    job = manager.wait("s", job_id, timeout=120)
-    assert job["status"] == FINISHED, job["error"]
-    assert [h["epoch"] for h in job["history"]] == [1, 2]
-    assert job["result"]["status"] == "finished" and (root / "run-a" / "student" / "config.json").is_file()
+def distill_run(store: JobStore, folder: Path, tmp_path: Path, session: str = "s1", epochs: int = 400,
+                batch: int = 4) -> tuple[str, Path]:
+    config = DistillConfig(method="ce", student="test_resnet", epochs=epochs, batch_size=batch, device="cpu")
+    run_dir = tmp_path / "runs" / f"run-{session}-{time.time_ns()}"
+    job = submit_distill(store, session, target=str(folder), extract_dir=None, teacher=None, config=config,
+                         run_dir=run_dir, label="ce", meta={"method": "ce"})
+    return job, run_dir
 
 
-def test_a_real_distillation_job_cancels_within_a_second(manager, tiny):
-    target, _teacher, root = tiny
-    config = DistillConfig(method="ce", student="test_resnet", epochs=500, batch_size=4, device="cpu")
-    job_id = manager.submit("s", distill_job(target, None, config, root / "run-b"), label="long", kind="distill")
-    deadline = time.time() + 60
-    while not manager.get("s", job_id)["history"] and time.time() < deadline:
-        time.sleep(0.05)
+def stepping(dispatch: Dispatcher, store: JobStore, job_id: str, predicate):
+    """A wait condition that drives ``dispatch`` and tests the job with ``predicate``."""
+    def check():
+        dispatch.step()
+        job = store.get(job_id)
+        return job if predicate(job) else None
+
+    return check
+
+
+def settle(dispatch: Dispatcher, store: JobStore, job_id: str, timeout: float = 120.0):
+    def ended():
+        dispatch.step()
+        job = store.get(job_id)
+        return job if not job.active else None
+
+    return wait_for(ended, timeout)
+
+
+# ------------------------------------------------------------------------------------------------
+# The store
+# ------------------------------------------------------------------------------------------------
+
+
+def test_store_keeps_jobs_history_and_sessions_apart(store):
+    a = store.submit("alice", "call", "one", params={"x": 1}, meta={"method": "ce"})
+    b = store.submit("bob", "call", "two")
+    assert store.get(a).status is JobStatus.QUEUED and store.get(a).params == {"x": 1}
+    assert store.get(a, session="bob") is None and not store.request_cancel(a, session="bob")
+    assert [j.id for j in store.jobs("alice")] == [a] and [j.id for j in store.jobs("bob")] == [b]
+    assert store.claim(a) and not store.claim(a)  # claimed once
+    store.mark_started(a, os.getpid())
+    store.report(a, progress=0.5, message="half")
+    store.add_history(a, {"epoch": 1, "val_acc": 0.5})
+    store.add_history(a, {"epoch": 2, "val_acc": 0.75})
+    job = store.get(a)
+    assert job.status is JobStatus.RUNNING and job.progress == 0.5 and job.message == "half"
+    assert [h["epoch"] for h in job.history] == [1, 2] and job.worker_pid == os.getpid()
+    assert store.finish(a, JobStatus.FINISHED, result={"val_acc": 0.75}) and not store.finish(a, JobStatus.FAILED)
+    job = store.get(a)
+    assert job.status is JobStatus.FINISHED and job.progress == 1.0 and job.result == {"val_acc": 0.75}
+    assert not job.active and job.elapsed >= 0 and store.forget(a, session="alice") and store.get(a) is None
+    assert store.request_cancel(b) and store.get(b).status is JobStatus.CANCELLED  # queued: cancelled at once
+    assert store.session_exists("alice") and store.session_exists("bob")
+    with pytest.raises(ValueError):
+        store.finish(b, JobStatus.RUNNING)
+
+
+def test_a_key_joins_the_active_job_and_a_limit_refuses_more(store):
+    first = store.submit("s", "demo", "build", key="demo:x", lane="service")
+    assert store.submit("s", "demo", "build", key="demo:x", lane="service") == first
+    store.submit("s", "call", "a", max_active=3)
+    with pytest.raises(ScdError, match="too many runs"):
+        store.submit("s", "call", "b", max_active=2)
+
+
+def test_fair_queue_is_round_robin_between_sessions_and_says_why(store):
+    running = store.submit("alice", "call", "a0")
+    store.claim(running)
+    alice = [store.submit("alice", "call", f"a{i}") for i in range(1, 4)]
+    bob = store.submit("bob", "call", "b1")
+    order = store.queue()
+    assert [job.id for job, _ in order] == [bob, alice[0], alice[1], alice[2]]
+    slots = {job.id: slot for job, slot in order}
+    assert slots[bob].position == 1 and slots[bob].reason() == \
+        "queued, position 1: 1 run of other sessions running"
+    assert slots[alice[1]].reason() == \
+        "queued, position 3: 1 run of other sessions ahead, 1 earlier run of this session ahead"
+    assert store.running_count() == 1 and store.running_count(session="bob") == 0
+
+
+def test_an_older_store_is_migrated_and_a_newer_or_corrupt_one_refused(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert store_mod.migrate(conn, upto=1) == 1  # the store as version 1 wrote it
+    conn.execute("INSERT INTO jobs (id, session, kind, label, status, created, ended) "
+                 "VALUES ('j1', 'alice', 'distill', 'ce', 'finished', 100.0, 160.0)")
+    conn.execute("INSERT INTO job_history (job_id, n, record) VALUES ('j1', 0, '{\"epoch\": 1}')")
+    conn.close()
+    store = JobStore(path)
+    assert store.version == store_mod.SCHEMA_VERSION == 2
+    job = store.get("j1")
+    assert job.status is JobStatus.FINISHED and job.history == [{"epoch": 1}] and job.heartbeat is None
+    assert store.last_seen("alice") == 160.0  # sessions were derived from the old jobs
+    store.close()
+
+    newer = tmp_path / "newer.sqlite"
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(ScdError, match="newer version"):
+        JobStore(newer)
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ScdError, match="not a readable database"):
+        JobStore(corrupt)
+    assert corrupt.read_bytes() == b"this is not a database" * 100  # refused, not touched
+
+
+def test_idle_sessions_expire_with_their_files_unless_a_job_runs(store, tmp_path):
+    removed = []
+    dispatcher = Dispatcher(store, config=replace(read_settings(), session_ttl_s=60.0),
+                            on_session_expired=removed.append, warm=False)
+    store.create_session("idle")
+    store.create_session("busy")
+    store.create_session("fresh")
+    job = store.submit("busy", "call", "long")
+    store.claim(job)
+    old = time.time() - 3600
+    store._conn().execute("UPDATE sessions SET last_seen=? WHERE id IN ('idle', 'busy')", (old,))
+    assert dispatcher.sweep_sessions() == ["idle"] and removed == ["idle"]
+    assert not store.session_exists("idle") and store.session_exists("busy") and store.session_exists("fresh")
+    store.finish(job, JobStatus.FINISHED)  # a job that ends counts as activity
+    assert dispatcher.sweep_sessions() == []
+
+
+def test_settings_are_validated():
+    env = {"SCD_WORKERS": "0"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with pytest.raises(ScdError, match="SCD_WORKERS"):
+            read_settings()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    s = read_settings()
+    assert s.workers >= 1 and s.torch_threads >= 1 and s.session_max_running >= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes
+# ------------------------------------------------------------------------------------------------
+
+
+def test_jobs_run_in_worker_processes_in_fair_order(store, dispatch):
+    alice = [call(store, "alice", n=2, delay=0.01) for _ in range(3)]
+    bob = call(store, "bob", n=2, delay=0.01)
+    failing = call(store, "carol", "fail")
+    for job_id in [*alice, bob, failing]:
+        settle(dispatch, store, job_id)
+    jobs = {j.id: j for j in store.jobs()}
+    assert all(jobs[j].status is JobStatus.FINISHED for j in [*alice, bob])
+    assert jobs[alice[0]].worker_pid != os.getpid()  # it ran in a worker, not in this process
+    assert [h["epoch"] for h in jobs[bob].history] == [1, 2]
+    starts = sorted([*alice, bob], key=lambda j: jobs[j].started)
+    assert starts.index(bob) <= 1  # bob's one run did not wait for alice's three
+    assert jobs[failing].status is JobStatus.FAILED and "refused on purpose" in jobs[failing].error
+
+
+def test_cancel_takes_effect_within_a_second(store, dispatch, target_folder, tmp_path):
+    job_id, run_dir = distill_run(store, target_folder, tmp_path)
+    wait_for(stepping(dispatch, store, job_id, lambda j: j.message.startswith("epoch")), 180)
     t0 = time.perf_counter()
-    manager.cancel("s", job_id)
-    while manager.get("s", job_id)["status"] == "cancelling" and time.perf_counter() - t0 < 5:
-        time.sleep(0.01)
-    job = manager.get("s", job_id)
-    # the trainer stops at its next step; exporting the partial student adds a little
-    assert job["status"] == CANCELLED and time.perf_counter() - t0 < 3.0  # < 1 s unloaded; slack for busy CI
-    assert len(job["history"]) < 500
+    assert store.request_cancel(job_id, session="s1")
+    dispatch.kick()
+    job = wait_for(stepping(dispatch, store, job_id, lambda j: not j.active), 10, every=0.01)
+    latency = time.perf_counter() - t0
+    assert job.status is JobStatus.CANCELLED, job.error
+    assert latency < 1.0, f"cancel took {latency:.2f} s"
+    assert not staging_dir(run_dir).exists()  # no half-written run anywhere
+    if run_dir.exists():  # it stopped cleanly: a complete run with its student
+        assert (run_dir / "run.json").is_file() and (run_dir / "student" / "model.safetensors").is_file()
+
+
+def _integrity(store: JobStore) -> str:
+    return store._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_sigkill_mid_epoch_fails_the_job_with_the_reason_and_keeps_history(store, dispatch, target_folder,
+                                                                             tmp_path):
+    job_id, run_dir = distill_run(store, target_folder, tmp_path, epochs=400, batch=16)
+    job = wait_for(stepping(dispatch, store, job_id, lambda j: j.history), 180)
+    os.kill(job.worker_pid, signal.SIGKILL)
+    job = settle(dispatch, store, job_id, 30)
+    assert job.status is JobStatus.FAILED and "worker process died" in job.error and "epoch" in job.error
+    assert len(job.history) >= 1  # the epochs it finished stay
+    assert not run_dir.exists() and not staging_dir(run_dir).exists()
+    assert _integrity(store) == "ok"
+    again = store.restart("s1", job_id)  # the next job gets a fresh worker
+    store.request_cancel(again)
+    follow = call(store, "s1", n=1, delay=0.0)
+    assert settle(dispatch, store, follow).status is JobStatus.FINISHED
+
+
+def test_sigkill_mid_export_leaves_no_student(store, dispatch, target_folder, tmp_path):
+    job_id, run_dir = distill_run(store, target_folder, tmp_path, epochs=2, batch=16)
+    student = staging_dir(run_dir) / "student"
+
+    def exporting():
+        dispatch.step()
+        return student.exists() or not store.get(job_id).active
+
+    wait_for(exporting, 180, every=0.001)
+    job = store.get(job_id)
+    if job.active:
+        os.kill(job.worker_pid, signal.SIGSTOP)  # freeze it mid-export, look, then kill it
+        partial = sorted(p.name for p in student.iterdir()) if student.exists() else []
+        os.kill(job.worker_pid, signal.SIGKILL)
+        print("killed during export with", partial)
+    job = settle(dispatch, store, job_id, 30)
+    if job.status is JobStatus.FAILED:
+        assert "worker process died" in job.error
+        assert not run_dir.exists() and not staging_dir(run_dir).exists()
+    else:  # it finished before the kill: then complete
+        assert job.status is JobStatus.FINISHED and (run_dir / "student" / "model.safetensors").is_file()
+    assert _integrity(store) == "ok"
+
+
+SERVER = textwrap.dedent("""
+    import sys, time
+    from dataclasses import replace
+    from scd_core.runtime.jobs import Dispatcher, JobStore
+    from scd_core.runtime.settings import read_settings
+    if __name__ == "__main__":
+        store = JobStore(sys.argv[1])
+        d = Dispatcher(store, config=replace(read_settings(), workers=1, torch_threads=1), warm=False).start()
+        while True:
+            time.sleep(1)
+""")
+
+
+def test_a_job_of_a_killed_server_is_interrupted_on_the_next_start_and_restarts(store, target_folder,
+                                                                                 tmp_path):
+    job_id, run_dir = distill_run(store, target_folder, tmp_path, epochs=400, batch=16)
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    server = subprocess.Popen([sys.executable, str(script), str(store.path)], env=env)
+    try:
+        job = wait_for(lambda: store.get(job_id) if store.get(job_id).history else None, 180, every=0.1)
+        worker = job.worker_pid
+        server.kill()  # SIGKILL: no clean-up of any kind
+        server.wait(10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    # the orphaned worker notices its server is gone and stops on its own
+    wait_for(lambda: not _alive(worker), 30, every=0.1)
+    restarted = Dispatcher(store, config=replace(read_settings(), workers=1, torch_threads=1), warm=False)
+    try:
+        restarted.recover()
+        job = store.get(job_id)
+        assert job.status is JobStatus.INTERRUPTED and "server" in job.error
+        assert len(job.history) >= 1 and job.restartable
+        assert not staging_dir(run_dir).exists()
+        again = store.restart("s1", job_id)
+        assert store.get(again).params == job.params and store.get(again).meta["restart_of"] == job_id
+        store._conn().execute("UPDATE jobs SET params=json_set(params, '$.config.epochs', 1) WHERE id=?", (again,))
+        done = settle(restarted, store, again)
+        assert done.status is JobStatus.FINISHED and (run_dir / "student" / "model.safetensors").is_file()
+    finally:
+        restarted.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    from scd_core.runtime.jobs import _pid_alive
+
+    return _pid_alive(pid)

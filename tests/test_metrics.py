@@ -75,7 +75,8 @@ def _teacher(rng: np.random.Generator, labels: np.ndarray, k_t: int, d: int,
 
 def test_registry_contents_and_directions():
     assert set(DEFAULT_METRICS) <= set(METRICS)
-    assert set(METRICS) == {"scd", "scd_cost", "scd_conditional", "leep", "nce", "logme", "hscore"}
+    assert set(METRICS) == {"scd", "scd_cost", "scd_conditional", "leep", "nce", "logme", "hscore",
+                            "scd_fit", "scd_leep", "scd_plan"}
     for name, metric in METRICS.items():
         assert isinstance(metric, Metric)
         assert metric.name == name

@@ -1,7 +1,12 @@
 """What every page shares: page setup and sidebar, the session, the current target set and teachers,
 cached engine calls and error display. The engine work itself lives in ``scd_core``.
 
-State kept in ``st.session_state`` (plain data, per browser session):
+The session id lives in the URL (``?s=<id>``): a reload or a bookmarked link returns to the same
+uploads, rankings, runs and students. Jobs live in the job store (:mod:`scd_core.runtime.store`) and run
+in worker processes; the pages only read the store.
+
+State kept in ``st.session_state`` (plain data, per browser session; the entries of
+:data:`PERSISTED_KEYS` are saved with the session after every page run and restored from its link):
 
 - ``scd_session``: the session id naming ``<workspace>/sessions/<id>/`` and the session's jobs;
 - ``target_spec`` / ``target_label``: the current target set (``demo:WORLD``, an uploaded zip, a folder);
@@ -13,27 +18,42 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from pages.common.cluster import sidebar_cluster
 from scd_core import ScdError
 from scd_core.config import check_environment, settings
 from scd_core.incidents import user_message
 from scd_core.progress import ProgressEvent, ProgressFn
-from scd_core.runtime.jobs import ACTIVE_STATES, SHARED_SESSION, JobManager, default_manager, demo_build_job
+from scd_core.runtime.jobs import (
+    SHARED_SESSION,
+    Dispatcher,
+    JobStatus,
+    JobStore,
+    default_dispatcher,
+    default_store,
+    submit_demo_build,
+)
 from scd_core.runtime.session import (
     TeacherSources,
+    check_session_id,
     collect_teachers,
     configured_teacher_folders,
+    load_session_state,
     new_session_id,
-    remove_session,
+    save_session_state,
     session_dir,
 )
 
 APP_TITLE = "Selective cross-task distillation explorer"
+SESSION_PARAM = "s"
+"""The URL query parameter carrying the session id (a reload or a bookmark returns to the session)."""
+PERSISTED_KEYS = ("target_spec", "target_label", "teacher_sources", "rankings", "last_ranking_key", "best_teacher")
+"""Session-state entries saved with the session, restored when its link is opened again."""
+TOUCH_EVERY_S = 30.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -41,33 +61,70 @@ APP_TITLE = "Selective cross-task distillation explorer"
 # ------------------------------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner=False)
-def job_manager() -> JobManager:
-    """The process-wide job manager; a closed session's files are deleted once its jobs stopped."""
-    manager = default_manager()
-    if remove_session not in manager.on_session_closed:
-        manager.on_session_closed.append(remove_session)
-    return manager
+def job_store() -> JobStore:
+    """The workspace's job store (every page reads jobs from it)."""
+    return default_store()
 
 
-def _runtime_alive(runtime_session_id: str) -> bool:
-    """Whether Streamlit still has this browser session (True when that cannot be told, e.g. in tests)."""
-    try:
-        from streamlit.runtime import Runtime
-
-        if not Runtime.exists():
-            return True
-        answer = Runtime.instance().is_active_session(runtime_session_id)
-        return answer if isinstance(answer, bool) else True
-    except Exception:
-        return True
+def dispatcher() -> Dispatcher:
+    """This server's dispatcher (started on first use): it runs queued jobs in worker processes."""
+    return default_dispatcher()
 
 
 def session_id() -> str:
-    """This browser session's id (a uuid kept in session state)."""
-    if "scd_session" not in st.session_state:
-        st.session_state["scd_session"] = new_session_id()
-    return st.session_state["scd_session"]
+    """This browser session's id: taken from the URL (``?s=...``) when that session exists, else a new one.
+
+    An unknown or expired id in the URL is not adopted (nobody can choose an id and share it); the
+    user gets a new session and a note saying so.
+    """
+    sid = st.session_state.get("scd_session")
+    store = job_store()
+    now = time.time()
+    stale = now - st.session_state.get("_scd_touched", 0.0) > TOUCH_EVERY_S
+    if sid is not None and stale and not store.session_exists(sid):  # expired while the tab stayed open
+        st.session_state["session_notice"] = "This session had expired; a new one was started."
+        for key in (*PERSISTED_KEYS, "scd_session"):
+            st.session_state.pop(key, None)
+        sid = None
+    if sid is None:
+        wanted = st.query_params.get(SESSION_PARAM)
+        if wanted and _known_session(store, wanted):
+            sid = wanted
+            for key, value in load_session_state(sid).items():
+                if key in PERSISTED_KEYS:
+                    st.session_state[key] = value
+        else:
+            if wanted:
+                st.session_state["session_notice"] = ("The session in this link is unknown or has expired; a new "
+                                                      "session was started.")
+            sid = new_session_id()
+            store.create_session(sid)
+        st.session_state["scd_session"] = sid
+        st.session_state["_scd_saved"] = None
+    if now - st.session_state.get("_scd_touched", 0.0) > TOUCH_EVERY_S:
+        store.touch_session(sid)
+        st.session_state["_scd_touched"] = now
+    if st.query_params.get(SESSION_PARAM) != sid:
+        st.query_params[SESSION_PARAM] = sid
+    return sid
+
+
+def _known_session(store: JobStore, sid: str) -> bool:
+    try:
+        check_session_id(sid)
+    except ScdError:
+        return False
+    return sid != SHARED_SESSION and store.session_exists(sid)
+
+
+def save_session() -> None:
+    """Save the persisted session-state entries when they changed (called after every page run)."""
+    sid = st.session_state.get("scd_session")
+    if sid is None:
+        return
+    state = {k: st.session_state[k] for k in PERSISTED_KEYS if k in st.session_state}
+    digest = save_session_state(sid, state, previous=st.session_state.get("_scd_saved"))
+    st.session_state["_scd_saved"] = digest
 
 
 def device() -> str:
@@ -109,22 +166,18 @@ def setup_app() -> None:
     except ScdError as exc:  # the operator's configuration: nothing works until it is fixed
         show_error(exc, "The server's configuration is invalid: ")
         st.stop()
-    sid = session_id()
-    ctx = _script_ctx()
-    manager = job_manager()
-    manager.touch(sid, alive=partial(_runtime_alive, ctx.session_id) if ctx is not None else None)
+    session_id()
+    dispatcher()
+    notice = st.session_state.pop("session_notice", None)
+    if notice:
+        st.toast(notice, icon=":material/info:")
     _sidebar()
-
-
-def _script_ctx():
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    return get_script_run_ctx(suppress_warning=True)
 
 
 def _sidebar() -> None:
     with st.sidebar:
         st.markdown(f"**Device in use:** `{device_label(device())}`")
+        sidebar_cluster()
         label = st.session_state.get("target_label")
         if label:
             st.markdown(f"**Target set:** {label}")
@@ -137,21 +190,23 @@ def _sidebar() -> None:
 
 
 def _sidebar_jobs() -> None:
-    manager = job_manager()
+    store = job_store()
     sid = session_id()
-    was_active = any(j["active"] for j in manager.jobs(sid))
+    was_active = any(j.active for j in store.jobs(sid, history=False))
 
     def panel() -> None:
-        jobs = [j for j in manager.jobs(sid) if j["kind"] == "distill"]
-        active = [j for j in jobs if j["active"]]
+        jobs = store.jobs(sid, kind="distill", history=False)
+        active = [j for j in jobs if j.active]
         if active:
-            st.markdown(f"**{len(active)} run(s) in progress**")
+            running = sum(j.status != JobStatus.QUEUED for j in active)
+            st.markdown(f"**Runs: {running} running, {len(active) - running} queued**")
             for job in active[:5]:
-                st.progress(job["progress"], text=f"{job['label']}: {job['status']}")
+                st.progress(job.progress, text=f"{job.label}: {job.status}")
         elif jobs:
-            done = sum(j["status"] == "finished" for j in jobs)
+            done = sum(j.status == JobStatus.FINISHED for j in jobs)
             st.caption(f"Runs this session: {len(jobs)} ({done} finished)")
-        if was_active and not any(j["active"] for j in manager.jobs(sid)):
+        st.caption("Bookmark this page's address to come back to this session.")
+        if was_active and not any(j.active for j in store.jobs(sid, history=False)):
             st.rerun(scope="app")
 
     with st.sidebar:
@@ -182,28 +237,28 @@ def ensure_demo(world: str) -> None:
     (the page reruns by itself when the world is ready) and stop the page here."""
     if demo_world_ready(world):
         return
-    manager = job_manager()
+    store = job_store()
     key = f"demo:{world}:{demo_size()}"
-    job = manager.find(SHARED_SESSION, key)
-    if job is None or job["status"] not in ACTIVE_STATES | {"failed"}:
-        manager.submit(SHARED_SESSION, demo_build_job(world, demo_size()), label=f"demo world {world}",
-                       kind="demo", key=key, uses_slot=False)
+    job = store.find(SHARED_SESSION, key)
+    if job is None or job.status not in {JobStatus.FAILED, *[s for s in JobStatus if s.active]}:
+        submit_demo_build(store, world, demo_size())
+        dispatcher().kick()
 
     st.info(f"Building the demo world **{world}** (first launch only): drawing the target set and training "
             "its teacher zoo on this machine. The page continues by itself when it is ready.",
             icon=":material/construction:")
 
     def poll() -> None:
-        current = manager.find(SHARED_SESSION, key)
-        if current is None or demo_world_ready(world) or current["status"] == "finished":
+        current = store.find(SHARED_SESSION, key)
+        if current is None or demo_world_ready(world) or current.status == JobStatus.FINISHED:
             st.rerun(scope="app")
-        if current["status"] == "failed":
-            st.error(f"Building the demo world failed: {current['error']}")
+        if not current.active:
+            st.error(f"Building the demo world failed: {current.error or current.status}")
             if st.button("Try again", key=f"retry-{key}"):
-                manager.forget(SHARED_SESSION, current["id"])
+                store.forget(current.id)
                 st.rerun(scope="app")
             return
-        st.progress(current["progress"], text=current["message"])
+        st.progress(current.progress, text=current.message)
 
     st.fragment(poll, run_every="1s")()
     st.stop()

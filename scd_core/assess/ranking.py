@@ -9,6 +9,7 @@ and repeats, so the forward passes add up to about ``budget`` times those of a f
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from scd_core.data.targets import TargetItem, TargetSet
 from scd_core.errors import ScdError
 from scd_core.outputs.forward import teacher_outputs
 from scd_core.progress import ProgressFn, emit, scaled
+from scd_core.runtime.executors import Executor
 from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
 from scd_core.utils import finite_or_none
@@ -92,6 +94,7 @@ class Ranking:
     timing: dict[str, float] = field(default_factory=dict)
     budget: float | None = None
     near_ties: tuple[str, ...] = ()
+    failures: dict[str, str] = field(default_factory=dict)  # teacher name -> why it could not be scored
 
     @property
     def names(self) -> list[str]:
@@ -172,6 +175,7 @@ class Ranking:
                 for t in self.teachers
             ],
             "near_ties": list(self.near_ties),
+            "failures": dict(self.failures),
             "timing": dict(self.timing),
         }
 
@@ -259,6 +263,7 @@ def rank(
     use_cache: bool = True,
     seed: int = 0,
     intervals: bool = True,
+    executor: Executor | None = None,
 ) -> Ranking:
     """Score every teacher (or the named ones) and return them best first by the first metric.
 
@@ -266,6 +271,12 @@ def rank(
     and the teachers whose first-metric interval overlaps the leader's are reported as near ties.
     A budgeted ranking stops halving early once the leader's interval separates from every other
     surviving teacher's.
+
+    With an ``executor`` each teacher's assessment is one task (:func:`score_teacher` in a worker
+    process or on a Ray cluster); the scores come back to this process and equal the in-process
+    ones. A teacher whose task failed (after one retry when its worker died) is left out and listed
+    in ``Ranking.failures`` by name; the others are ranked. Without an executor, everything runs
+    here and the first error stops the ranking.
     """
     target = as_target(target)
     repo = as_repository(repo)
@@ -282,25 +293,28 @@ def rank(
     options = dict(device=device, batch_size=batch_size, temperature=temperature, use_cache=use_cache, seed=seed,
                    intervals=intervals)
     items_all = target.assessment_items
+    failures: dict[str, str] = {}
     if budget is None or budget >= 1 or len(specs) < 3:
-        scored = [score_teacher(target, spec, names, items=items_all,
-                                progress=scaled(progress, i / len(specs), (i + 1) / len(specs)), **options)
-                  for i, spec in enumerate(specs)]
+        scored = _score_all(target, specs, names, items_all, options, progress, executor, failures)
     else:
-        scored = _successive_halving(target, specs, items_all, names, infos[names[0]], budget, progress, options)
+        scored = _successive_halving(target, specs, items_all, names, infos[names[0]], budget, progress, options,
+                                     executor, failures)
+    if not scored:
+        raise ScdError("no teacher could be scored: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     timing = {"forward_s": sum(s.timing.get("forward_s", 0.0) for s in scored),
               "metrics_s": sum(s.timing.get("metrics_s", 0.0) for s in scored),
               "total_s": time.perf_counter() - t0}
     unordered = Ranking(teachers=tuple(scored), metrics=infos, rank_by=names[0], budget=budget)
     result = Ranking(teachers=tuple(unordered.ordered()), metrics=infos, rank_by=names[0], target=target.summary(),
-                     timing=timing, budget=budget, near_ties=tuple(unordered.near_ties_for()))
+                     timing=timing, budget=budget, near_ties=tuple(unordered.near_ties_for()), failures=failures)
     emit(progress, "done", 1.0, "done")
     return result
 
 
 def _successive_halving(target: TargetSet, specs: Sequence[TeacherSpec], items_all: Sequence[TargetItem],
                         names: Sequence[str], first: MetricInfo, budget: float, progress: ProgressFn | None,
-                        options: dict[str, Any]) -> list[TeacherScore]:
+                        options: dict[str, Any], executor: Executor | None = None,
+                        failures: dict[str, str] | None = None) -> list[TeacherScore]:
     """Successive halving: each round costs about the same number of forward passes.
 
     With T teachers and R = ceil(log2 T) rounds, round r scores the surviving T / 2^r teachers on
@@ -316,10 +330,10 @@ def _successive_halving(target: TargetSet, specs: Sequence[TeacherSpec], items_a
     sign = 1.0 if first.higher_is_better else -1.0
     while True:
         items = stratified_prefix(items_all, fraction, options["seed"])
-        for i, spec in enumerate(alive):
-            start = (r + i / len(alive)) / (rounds + 1)
-            sub = scaled(progress, start, start + 1 / ((rounds + 1) * len(alive)))
-            latest[spec.name] = score_teacher(target, spec, names, items=items, progress=sub, **options).with_round(r)
+        sub = scaled(progress, r / (rounds + 1), (r + 1) / (rounds + 1))
+        for score in _score_all(target, alive, names, items, options, sub, executor, failures):
+            latest[score.name] = score.with_round(r)
+        alive = [s for s in alive if s.name in latest]
         if len(alive) <= 1 or len(items) >= n_all:
             break
 
@@ -335,4 +349,36 @@ def _successive_halving(target: TargetSet, specs: Sequence[TeacherSpec], items_a
         alive = alive[: max(1, math.ceil(len(alive) / 2))]
         fraction *= 2
         r += 1
-    return [latest[s.name] for s in specs]
+    return [latest[s.name] for s in specs if s.name in latest]
+
+
+def _score_all(target: TargetSet, specs: Sequence[TeacherSpec], names: Sequence[str], items: Sequence[TargetItem],
+               options: dict[str, Any], progress: ProgressFn | None, executor: Executor | None,
+               failures: dict[str, str] | None) -> list[TeacherScore]:
+    """:func:`score_teacher` for every spec: here, one after the other, or one task each on ``executor``."""
+    if executor is None:
+        return [score_teacher(target, spec, names, items=items,
+                              progress=scaled(progress, i / len(specs), (i + 1) / len(specs)), **options)
+                for i, spec in enumerate(specs)]
+    from scd_core.outputs.forward import prepare_shared_decode
+
+    items = list(items)
+    # Decode once here, not in every task at the same time (a local cluster shares this cache).
+    prepare_shared_decode(target, specs, items)
+    task = functools.partial(_score_task, target, tuple(names), items, options)
+
+    def report(done: int, total: int, outcome) -> None:
+        state = "scored" if outcome.ok else f"failed ({outcome.error})"
+        emit(progress, f"{outcome.name}: {state}", done / total, "teacher", teacher=outcome.name, ok=outcome.ok)
+
+    outcomes = executor.map(task, list(specs), names=[s.name for s in specs], progress=report)
+    for outcome in outcomes:
+        if not outcome.ok and failures is not None:
+            failures[outcome.name] = outcome.error or "failed"
+    return [o.value for o in outcomes if o.ok]
+
+
+def _score_task(target: TargetSet, names: tuple[str, ...], items: list[TargetItem], options: dict[str, Any],
+                spec: TeacherSpec) -> TeacherScore:
+    """One executor task: a teacher's scores (module level, so that workers can unpickle it)."""
+    return score_teacher(target, spec, names, items=items, **options)

@@ -9,6 +9,7 @@ Kendall tau, Pearson r, and the top-1 relative accuracy acc(top-scored) / max ac
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,8 +22,9 @@ from scd_core.assess.ranking import rank
 from scd_core.data.targets import TargetSet
 from scd_core.distill.trainer import DistillConfig, distill
 from scd_core.progress import ProgressFn, emit
+from scd_core.runtime.executors import Executor
 from scd_core.sources import as_repository, as_target
-from scd_core.teachers.repository import TeacherRepository
+from scd_core.teachers.repository import TeacherRepository, TeacherSpec
 from scd_core.utils import finite_or_none
 
 
@@ -56,30 +58,51 @@ def validate(
     device: str = "auto",
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    executor: Executor | None = None,
 ) -> dict:
-    """Distill from each teacher over ``seeds`` seeds and score the ranking of every metric."""
+    """Distill from each teacher over ``seeds`` seeds and score the ranking of every metric.
+
+    With an ``executor`` the ranking fans out like :func:`~scd_core.assess.ranking.rank`'s and every
+    student (teacher x seed, and the baseline's seeds) is one task; a student whose task failed is
+    left out of its teacher's mean and listed in ``failures`` as ``"<teacher> seed <s>"``.
+    """
     target, repo = as_target(target), as_repository(repo)
     base = config or DistillConfig(device=device)
-    ranking = rank(target, repo, metrics=metrics, device=device)
+    ranking = rank(target, repo, metrics=metrics, device=device, executor=executor)
     names = ranking.names[:top] if top else ranking.names
     split = "test" if target.split("test") else "val"
+    jobs = [(name, base.method, seed) for name in names for seed in range(seeds)]
+    if include_baseline:
+        jobs += [(None, "ce", seed) for seed in range(seeds)]
+    accuracies: dict[str | None, list[float]] = {name: [] for name in [*names, None]}
+    failures: dict[str, str] = {}
 
-    def run(teacher, method: str) -> list[float]:
-        accs = []
-        for seed in range(seeds):
+    def record(name: str | None, method: str, seed: int, accuracy: float) -> None:
+        accuracies[name].append(accuracy)
+        emit(progress, f"{name or '-'} {method} seed {seed}: {accuracy:.3f}", None, "run", teacher=name,
+             method=method, seed=seed, accuracy=accuracy)
+
+    if executor is None:
+        for name, method, seed in jobs:
             if cancel is not None and cancel.is_set():
                 break
-            cfg = replace(base, method=method, seed=seed)
-            res = distill(target, teacher, cfg, cancel=cancel)
-            accs.append(res.test_acc if split == "test" else res.val_acc)
-            name = teacher.name if teacher else None
-            emit(progress, f"{name or '-'} {method} seed {seed}: {accs[-1]:.3f}", None, "run", teacher=name,
-                 method=method, seed=seed, accuracy=accs[-1])
-        return accs
+            teacher = repo.get(name) if name else None
+            res = distill(target, teacher, replace(base, method=method, seed=seed), cancel=cancel)
+            record(name, method, seed, res.test_acc if split == "test" else res.val_acc)
+    else:
+        task = functools.partial(_student_task, target, base, split)
+        items = [(repo.get(name) if name else None, method, seed) for name, method, seed in jobs]
+        labels = [f"{name or 'baseline'} seed {seed}" for name, _, seed in jobs]
+        for (name, method, seed), label, outcome in zip(
+                jobs, labels, executor.map(task, items, names=labels)):
+            if outcome.ok:
+                record(name, method, seed, outcome.value)
+            else:
+                failures[label] = outcome.error or "failed"
 
     rows = []
     for name in names:
-        accs = run(repo.get(name), base.method)
+        accs = accuracies[name]
         scores = ranking.get(name).scores
         rows.append({"name": name, "scores": {m: finite_or_none(scores[m]) for m in ranking.metrics},
                      "accuracies": accs, "accuracy_mean": float(np.mean(accs)) if accs else None,
@@ -101,6 +124,16 @@ def validate(
         "metrics": agreement,
     }
     if include_baseline:
-        ce = run(None, "ce")
+        ce = accuracies[None]
         result["baseline_ce"] = {"accuracies": ce, "accuracy_mean": float(np.mean(ce)) if ce else None}
+    if failures or ranking.failures:
+        result["failures"] = {**ranking.failures, **failures}
     return result
+
+
+def _student_task(target: TargetSet, base: DistillConfig, split: str,
+                  job: tuple[TeacherSpec | None, str, int]) -> float:
+    """One executor task: distill one student (``teacher`` None: the plain cross-entropy baseline)."""
+    teacher, method, seed = job
+    res = distill(target, teacher, replace(base, method=method, seed=seed))
+    return res.test_acc if split == "test" else res.val_acc

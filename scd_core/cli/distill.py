@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from scd_core.cli.executor import add_executor_options
 from scd_core.distill.config import DEFAULT_STUDENT, WEIGHTINGS, DistillConfig
 from scd_core.distill.losses import METHODS
 from scd_core.distill.optim import OPTIMIZERS
@@ -24,7 +25,15 @@ def cmd_distill(args: argparse.Namespace, bar) -> dict:
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
 
-    result = distill(target, teacher, _config(args, args.method), progress=bar, run_dir=args.out)
+    from scd_core.cli.executor import open_executor
+
+    with open_executor(args) as executor:
+        if executor is None:
+            result = distill(target, teacher, _config(args, args.method), progress=bar, run_dir=args.out)
+        else:  # one task on the executor (a GPU of the cluster when it has one); no per-epoch progress
+            bar.legacy(0.0, f"distilling on the {executor.name} executor")
+            result = executor.submit(distill, target, teacher, _config(args, args.method),
+                                     run_dir=args.out).result()
     return {"history": [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_acc": h["val_acc"]}
                         for h in result.history],
             "val_acc": result.val_acc, "test_acc": result.test_acc, "student_dir": result.student_dir,
@@ -35,9 +44,21 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
     from scd_core.assess.validate import validate
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.report:
+        from scd_core.viz.figures import check_report_path
 
-    return validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
-                    config=_config(args, args.method), device=args.device, progress=bar)
+        check_report_path(args.report)  # before the students are trained, not after
+    from scd_core.cli.executor import open_executor
+
+    with open_executor(args) as executor:
+        result = validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
+                          config=_config(args, args.method), device=args.device, progress=bar,
+                          executor=executor)
+    if args.report:
+        from scd_core.viz.figures import validation_scatter, write_figure
+
+        result["report"] = write_figure(validation_scatter(result), args.report)
+    return result
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
@@ -64,6 +85,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("--method", default="scd", choices=list(METHODS))
     p.add_argument("--out", help="run folder (default: a new folder under the workspace)")
     _training_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("validate", help="distill from each teacher and check every metric's ranking")
@@ -72,5 +94,8 @@ def add_commands(sub, common) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--method", default="scd", choices=list(METHODS))
     p.add_argument("--metrics", default="scd,leep,nce,logme,hscore")
+    p.add_argument("--report", metavar="FILE",
+                   help="also write a scatter of score vs student accuracy per metric (.html; .png with kaleido)")
     _training_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_validate)

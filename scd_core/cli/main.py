@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from scd_core.cli.executor import add_executor_options
 from scd_core.config import DEFAULTS, check_environment, parse_device
 from scd_core.errors import ScdError
 from scd_core.incidents import user_message
@@ -79,9 +80,14 @@ def _metric_list(text: str) -> list[str]:
 
 def cmd_rank(args: argparse.Namespace, bar: _Bar) -> dict:
     from scd_core.assess.ranking import rank
+    from scd_core.cli.executor import open_executor
 
-    ranking = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
-                   budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar)
+    with open_executor(args) as executor:
+        ranking = rank(args.target, args.repo, teachers=args.teacher, metrics=_metric_list(args.metrics),
+                       budget=args.budget, device=args.device, batch_size=args.batch_size, progress=bar,
+                       executor=executor)
+    for name, why in ranking.failures.items():
+        print(f"warning: teacher {name!r} could not be scored: {why}", file=sys.stderr)
     if not args.json:
         print(ranking.table().to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
     return ranking.to_json()
@@ -135,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="scd,leep,nce,logme,hscore",
                    help="comma-separated; the first one orders the ranking")
     p.add_argument("--budget", type=float, help="fraction of a full scan, by successive halving")
+    add_executor_options(p)
     p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("plan", help="label-space mapping of one teacher: plan, joint or cost")

@@ -1,379 +1,398 @@
-"""Background jobs (distillation runs, demo builds) that outlive a page visit, per browser session.
+"""Jobs that outlive a page, a browser tab and the server: the dispatcher and the job helpers.
 
-A :class:`JobManager` runs each job in a worker thread; at most ``max_workers`` run at once and the
-rest wait in order. A job is a callable ``fn(report, cancel)``: it calls ``report(event_dict)`` with
-progress (the trainer's progress events are understood as they are) and checks the
-``threading.Event`` ``cancel``. The manager keeps each job's status, progress, message, per-epoch
-history, result and error in a plain object behind a lock; readers get copies (:meth:`JobManager.jobs`),
-so a UI can poll from any thread without touching the worker.
+Jobs live in the :class:`~scd_core.runtime.store.JobStore`. A page queues a job (a row) and from
+then on only reads the store. One :class:`Dispatcher` per server process (a thread, started lazily)
+takes queued jobs in the store's fair order and submits :func:`scd_core.runtime.worker.run_job` to
+worker processes through the executor interface (:func:`scd_core.runtime.executors.get_executor`).
+The worker writes progress and the outcome to the store itself, so no rerun of the UI touches a
+training loop and a job's speed does not depend on which page is open.
 
-Jobs belong to a *session* (one browser session in the app): a session sees, cancels and forgets
-only its own jobs. A session can register a liveness probe with :meth:`JobManager.touch`; a reaper
-thread cancels the jobs of a session whose probe has said "gone" for ``grace_s`` seconds (the
-browser was closed) and then calls the ``on_session_closed`` hooks (the app deletes the session's
-uploads there). Nothing here imports streamlit.
+- **Slots.** ``workers`` training slots, each an executor of one worker process (one device each
+  when there are several GPUs), and one service slot for demo-world builds, which every page may
+  wait for and which must not queue behind long runs. A slot of its own per worker means a worker
+  that dies (SIGKILL, out of memory) takes no other job with it.
+- **Fairness.** Round-robin between sessions (:meth:`JobStore.queue`), and at most
+  ``session_max_running`` running jobs per session.
+- **Cancel.** The worker stops at the next optimizer step after its watcher sees the flag; a worker
+  that has not ended ``cancel_grace_s`` after the request (busy decoding images or in a teacher's
+  forward pass) is killed, and its staging folder removed.
+- **Faults.** A worker that died is recorded as failed with the reason and its staging folder is
+  removed (if it died after publishing its run, the run counts as finished). Running jobs whose worker
+  is gone, e.g. the server was killed, are marked interrupted when a dispatcher starts, with their
+  history kept; :meth:`JobStore.restart` queues them again.
+- **Sessions.** Every ``sweep_s`` seconds, sessions idle for ``session_ttl_s`` with no active job are
+  deleted with their files.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures as cf
 import contextlib
-import itertools
+import json
 import logging
+import os
+import shutil
+import signal
+import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from scd_core.config import settings
-from scd_core.errors import ScdError
-from scd_core.progress import ProgressEvent
+from scd_core.runtime.executors import Executor, WorkerLost, get_executor
+from scd_core.runtime.settings import RuntimeSettings, settings
+from scd_core.runtime.store import (
+    ACTIVE_STATES,
+    SHARED_SESSION,
+    TERMINAL_STATES,
+    JobSnapshot,
+    JobStatus,
+    JobStore,
+    QueueSlot,
+    store_path,
+)
+from scd_core.runtime.worker import run_job, staging_dir, teacher_spec_to_json, warm_up
+
+__all__ = [
+    "ACTIVE_STATES",
+    "SHARED_SESSION",
+    "TERMINAL_STATES",
+    "Dispatcher",
+    "JobSnapshot",
+    "JobStatus",
+    "JobStore",
+    "QueueSlot",
+    "default_dispatcher",
+    "default_store",
+    "submit_demo_build",
+    "submit_distill",
+]
 
 LOGGER = logging.getLogger(__name__)
 
-QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
-FINISHED, CANCELLED, FAILED = "finished", "cancelled", "failed"
-ACTIVE_STATES = frozenset({QUEUED, RUNNING, CANCELLING})
-TERMINAL_STATES = frozenset({FINISHED, CANCELLED, FAILED})
-SHARED_SESSION = "__shared__"
 
-Report = Callable[[dict], None]
-JobFn = Callable[[Report, threading.Event], Any]
+@dataclass
+class _Slot:
+    lane: str
+    index: int
+    factory: Callable[[], Executor]
+    executor: Executor | None = None
+    job_id: str | None = None
+    future: cf.Future | None = None
+    killed_for_cancel: bool = False
+    cancel_seen: float | None = None
+
+    def ensure(self) -> Executor:
+        if self.executor is None:
+            self.executor = self.factory()
+        return self.executor
 
 
 @dataclass
-class Job:
-    """One job's state; mutate only through :class:`JobManager` (it holds the lock)."""
+class Dispatcher:
+    """Takes queued jobs from ``store`` and runs them in worker processes (see the module doc)."""
 
-    id: str
-    session: str
-    label: str
-    kind: str
-    fn: JobFn | None
-    key: str | None = None
-    meta: dict = field(default_factory=dict)
-    status: str = QUEUED
-    progress: float = 0.0
-    message: str = "waiting for a worker"
-    history: list[dict] = field(default_factory=list)
-    last_event: dict = field(default_factory=dict)
-    result: Any = None
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    ended: float | None = None
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    uses_slot: bool = True
+    store: JobStore
+    config: RuntimeSettings = field(default_factory=settings)
+    poll_s: float = 0.1
+    stale_s: float = 30.0
+    cancel_grace_s: float = 1.0
+    sweep_s: float = 300.0
+    on_session_expired: Callable[[str], None] | None = None
+    warm: bool = True
 
-    def snapshot(self) -> dict:
-        """A copy safe to hand to another thread."""
-        return {
-            "id": self.id, "session": self.session, "label": self.label, "kind": self.kind, "key": self.key,
-            "meta": dict(self.meta), "status": self.status, "progress": self.progress, "message": self.message,
-            "history": [dict(h) for h in self.history], "last_event": dict(self.last_event),
-            "result": self.result, "error": self.error, "created": self.created, "started": self.started,
-            "ended": self.ended, "active": self.status in ACTIVE_STATES,
-            "elapsed": ((self.ended or time.time()) - self.started) if self.started else 0.0,
-        }
+    def __post_init__(self) -> None:
+        def factory() -> Executor:
+            return get_executor(self.config.executor, workers=1, torch_threads=self.config.torch_threads)
 
-
-@dataclass
-class _Session:
-    alive: Callable[[], bool] | None = None
-    dead_since: float | None = None
-    last_touch: float = field(default_factory=time.time)
-
-
-class JobManager:
-    """Runs jobs in worker threads, at most ``max_workers`` at once, grouped by session."""
-
-    def __init__(self, max_workers: int = 1, *, grace_s: float = 60.0, reap_interval_s: float = 5.0,
-                 max_jobs_per_session: int = 64) -> None:
-        if max_workers < 1:
-            raise ValueError("max_workers must be >= 1")
-        self.max_workers = max_workers
-        self.grace_s = grace_s
-        self.reap_interval_s = reap_interval_s
-        self.max_jobs_per_session = max_jobs_per_session
-        self._lock = threading.RLock()
-        self._slots = threading.Semaphore(max_workers)
-        self._jobs: dict[str, Job] = {}
-        self._sessions: dict[str, _Session] = {}
-        self._ids = itertools.count(1)
-        self._reaper: threading.Thread | None = None
+        self.slots = [_Slot("train", i, factory) for i in range(self.config.workers)]
+        self.slots.append(_Slot("service", 0, factory))
+        self._kick = threading.Event()
         self._stop = threading.Event()
-        self.on_session_closed: list[Callable[[str], None]] = []
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._host = socket.gethostname()
+        self._last_sweep = 0.0
+        self._last_stale = 0.0
 
-    # -- submitting ------------------------------------------------------------------------------
-    def submit(self, session: str, fn: JobFn, *, label: str, kind: str = "task", meta: dict | None = None,
-               key: str | None = None, uses_slot: bool = True) -> str:
-        """Queue ``fn`` for ``session``; returns the job id.
-
-        With a ``key``, an active job of the same session and key is reused instead of starting a
-        second one (e.g. one build of a demo world however many pages ask for it). ``uses_slot=False``
-        starts the job at once, outside the ``max_workers`` limit (short shared jobs such as demo builds).
-        """
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self) -> Dispatcher:
         with self._lock:
-            if key is not None:
-                for job in self._jobs.values():
-                    if job.session == session and job.key == key and job.status in ACTIVE_STATES:
-                        return job.id
-            mine = [j for j in self._jobs.values() if j.session == session]
-            if len([j for j in mine if j.status in ACTIVE_STATES]) >= self.max_jobs_per_session:
-                raise ScdError(f"too many runs in progress (limit {self.max_jobs_per_session}); "
-                               "wait for some to finish or cancel them")
-            finished = sorted((j for j in mine if j.status in TERMINAL_STATES), key=lambda j: j.created)
-            for old in finished[: max(0, len(mine) - 4 * self.max_jobs_per_session)]:
-                del self._jobs[old.id]
-            job_id = f"job{next(self._ids):04d}-{int(time.time() * 1000) % 100000:05d}"
-            job = Job(id=job_id, session=session, label=label, kind=kind, fn=fn, key=key, meta=dict(meta or {}),
-                      uses_slot=uses_slot)
-            self._jobs[job_id] = job
-            job.thread = threading.Thread(target=self._run, args=(job,), name=f"scd-{job_id}", daemon=True)
-            job.thread.start()
-            return job_id
+            if self._thread is None:
+                self.recover()
+                if self.warm:  # start the workers now: the first run does not wait for torch to import
+                    for slot in self.slots:
+                        with contextlib.suppress(Exception):
+                            slot.ensure().submit(warm_up)
+                self._thread = threading.Thread(target=self._loop, name="scd-dispatcher", daemon=True)
+                self._thread.start()
+        return self
 
-    def _run(self, job: Job) -> None:
-        while job.uses_slot and not self._slots.acquire(timeout=0.1):
-            if job.cancel_event.is_set():
-                self._finish(job, CANCELLED, message="cancelled before it started")
-                return
-        try:
-            with self._lock:
-                if job.cancel_event.is_set():
-                    self._finish(job, CANCELLED, message="cancelled before it started")
-                    return
-                job.status, job.started, job.message = RUNNING, time.time(), "starting"
-            fn = job.fn
-            try:
-                result = fn(lambda event: self._report(job, event), job.cancel_event)
-            except ScdError as exc:  # bad input or options: a readable message
-                self._finish(job, FAILED, error=str(exc))
-            except ValueError as exc:
-                self._finish(job, FAILED, error=str(exc))
-            except Exception as exc:  # a bug or resource problem: keep the traceback in the log
-                LOGGER.error("job %s failed:\n%s", job.id, traceback.format_exc())
-                self._finish(job, FAILED, error=f"{type(exc).__name__}: {exc}")
-            else:
-                status = CANCELLED if job.cancel_event.is_set() or _status_of(result) == CANCELLED else FINISHED
-                self._finish(job, status, result=result)
-        finally:
-            if job.uses_slot:
-                self._slots.release()
+    def kick(self) -> None:
+        """Look at the queue now (after a submit or a cancel) instead of at the next poll."""
+        self._kick.set()
 
-    def _finish(self, job: Job, status: str, *, result: Any = None, error: str | None = None,
-                message: str | None = None) -> None:
-        with self._lock:
-            job.status, job.result, job.error, job.ended = status, result, error, time.time()
-            job.fn = None  # drop references to data held by the closure (target sets, models)
-            if status == FINISHED:
-                job.progress = 1.0
-            job.message = message or {FINISHED: "finished", CANCELLED: "cancelled", FAILED: error or "failed"}[status]
-
-    def _report(self, job: Job, event: dict | ProgressEvent) -> None:
-        """Fold one progress event into the job (trainer events: preparing, training, epoch, done)."""
-        event = event.to_json() if isinstance(event, ProgressEvent) else dict(event)
-        with self._lock:
-            job.last_event = event
-            if event.get("fraction") is not None:
-                job.progress = float(min(1.0, max(0.0, event["fraction"])))
-            elif event.get("steps"):
-                job.progress = float(min(1.0, event.get("step", 0) / max(1, event["steps"])))
-            phase = event.get("phase")
-            if phase == "epoch":
-                job.history.append({k: v for k, v in event.items()
-                                    if k not in ("phase", "steps", "step", "message", "fraction")})
-                loss, acc = event.get("train_loss", float("nan")), event.get("val_acc", float("nan"))
-                job.message = f"epoch {event.get('epoch')}/{event.get('epochs')}: loss {loss:.4f}, val acc {acc:.1%}"
-            elif phase == "training":
-                job.message = f"epoch {event.get('epoch')}/{event.get('epochs')}: loss {event.get('loss', 0):.4f}"
-            elif "message" in event:
-                job.message = str(event["message"])
-            if job.cancel_event.is_set():
-                job.status = CANCELLING
-
-    # -- reading ---------------------------------------------------------------------------------
-    def jobs(self, session: str) -> list[dict]:
-        """Snapshots of the session's jobs, oldest first."""
-        with self._lock:
-            return [j.snapshot() for j in sorted(self._jobs.values(), key=lambda j: j.created) if j.session == session]
-
-    def get(self, session: str, job_id: str) -> dict | None:
-        """A snapshot of one job of ``session`` (None for unknown ids and other sessions' jobs)."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return job.snapshot() if job is not None and job.session == session else None
-
-    def find(self, session: str, key: str) -> dict | None:
-        """The newest job of ``session`` with ``key``."""
-        with self._lock:
-            matches = [j for j in self._jobs.values() if j.session == session and j.key == key]
-            return max(matches, key=lambda j: j.created).snapshot() if matches else None
-
-    def active(self, session: str) -> list[dict]:
-        return [j for j in self.jobs(session) if j["active"]]
-
-    def sessions(self) -> list[str]:
-        with self._lock:
-            return sorted({j.session for j in self._jobs.values()} | set(self._sessions))
-
-    # -- controlling -----------------------------------------------------------------------------
-    def cancel(self, session: str, job_id: str) -> bool:
-        """Ask one job of ``session`` to stop; True when it was active."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.session != session or job.status not in ACTIVE_STATES:
-                return False
-            job.cancel_event.set()
-            if job.status == RUNNING:
-                job.status, job.message = CANCELLING, "cancelling"
-            return True
-
-    def cancel_session(self, session: str) -> int:
-        """Cancel every active job of ``session``; returns how many were asked to stop."""
-        with self._lock:
-            ids = [j.id for j in self._jobs.values() if j.session == session and j.status in ACTIVE_STATES]
-        return sum(self.cancel(session, i) for i in ids)
-
-    def forget(self, session: str, job_id: str) -> bool:
-        """Remove a finished, cancelled or failed job of ``session`` from the list."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.session != session or job.status not in TERMINAL_STATES:
-                return False
-            del self._jobs[job_id]
-            return True
-
-    def wait(self, session: str, job_id: str, timeout: float | None = None) -> dict | None:
-        """Block until the job ends (or ``timeout``); returns its last snapshot."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            thread = job.thread if job is not None and job.session == session else None
-        if thread is not None:
-            thread.join(timeout)
-        return self.get(session, job_id)
-
-    # -- sessions --------------------------------------------------------------------------------
-    def touch(self, session: str, alive: Callable[[], bool] | None = None) -> None:
-        """Register ``session`` (on every page run) with a probe telling whether its browser is still there."""
-        with self._lock:
-            state = self._sessions.setdefault(session, _Session())
-            state.last_touch = time.time()
-            if alive is not None:
-                state.alive = alive
-            if self._reaper is None and not self._stop.is_set():
-                self._reaper = threading.Thread(target=self._reap_loop, name="scd-job-reaper", daemon=True)
-                self._reaper.start()
-
-    def reap(self, now: float | None = None) -> list[str]:
-        """One reaper pass: cancel the jobs of sessions gone for ``grace_s``; returns the closed sessions."""
-        now = time.time() if now is None else now
-        with self._lock:
-            items = list(self._sessions.items())
-        closed = []
-        for session, state in items:
-            alive = True
-            if state.alive is not None:
-                try:
-                    alive = bool(state.alive())
-                except Exception:  # a probe that cannot tell keeps the session
-                    alive = True
-            if alive:
-                state.dead_since = None
-                continue
-            if state.dead_since is None:
-                state.dead_since = now
-            if now - state.dead_since < self.grace_s:
-                continue
-            self.cancel_session(session)
-            with self._lock:
-                busy = any(j.session == session and j.status in ACTIVE_STATES for j in self._jobs.values())
-                if busy:
-                    continue  # close once its workers have stopped
-                for job_id in [j.id for j in self._jobs.values() if j.session == session]:
-                    del self._jobs[job_id]
-                del self._sessions[session]
-            closed.append(session)
-            for hook in list(self.on_session_closed):
-                try:
-                    hook(session)
-                except Exception:
-                    LOGGER.warning("session-closed hook failed for %s:\n%s", session, traceback.format_exc())
-        return closed
-
-    def _reap_loop(self) -> None:
-        while not self._stop.wait(self.reap_interval_s):
-            with contextlib.suppress(Exception):
-                self.reap()
-
-    def shutdown(self, wait: float = 5.0) -> None:
-        """Cancel everything and stop the reaper (tests, process exit)."""
+    def shutdown(self) -> None:
+        """Stop dispatching; running jobs are recorded as interrupted and their workers ended."""
         self._stop.set()
-        with self._lock:
-            jobs = list(self._jobs.values())
-        for job in jobs:
-            job.cancel_event.set()
-        deadline = time.time() + wait
-        for job in jobs:
-            if job.thread is not None:
-                job.thread.join(max(0.0, deadline - time.time()))
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        for slot in self.slots:
+            if slot.job_id is not None:
+                self.store.finish(slot.job_id, JobStatus.INTERRUPTED,
+                                  error="the server stopped while this job ran; restart it to run it again")
+                job = self.store.get(slot.job_id, history=False)
+                if job is not None:
+                    self._kill_worker(job)
+                    self._remove_staging(job)
+            if slot.executor is not None:
+                with contextlib.suppress(Exception):
+                    slot.executor.shutdown()
+                slot.executor = None
+
+    def recover(self) -> list[str]:
+        """Mark running jobs whose worker is gone as interrupted and clean their staging folders."""
+        gone = self.store.interrupt_stale(stale_s=self.stale_s, host=self._host, alive=_pid_alive)
+        for job_id in gone:
+            job = self.store.get(job_id, history=False)
+            if job is not None:
+                self._remove_staging(job)
+        if gone:
+            LOGGER.warning("marked %d job(s) as interrupted: %s", len(gone), ", ".join(gone))
+        return gone
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # the loop must survive a locked store or a bug in one job's bookkeeping
+                LOGGER.error("dispatcher step failed:\n%s", traceback.format_exc())
+            self._kick.wait(self.poll_s)
+            self._kick.clear()
+
+    def step(self) -> None:
+        """One pass: settle ended jobs, enforce cancels, start queued jobs, housekeeping."""
+        for slot in self.slots:
+            if slot.future is not None and slot.future.done():
+                self._settle(slot)
+        self._enforce_cancels()
+        for lane in ("service", "train"):
+            free = [s for s in self.slots if s.lane == lane and s.job_id is None]
+            if not free:
+                continue
+            for job, _ in self.store.queue(lane):
+                if not free:
+                    break
+                if lane == "train" and self.store.running_count(lane, job.session) >= self.config.session_max_running:
+                    continue
+                if self.store.claim(job.id, f"{self._host}:{os.getpid()}"):
+                    self._submit(free.pop(0), job)
+        now = time.monotonic()
+        if now - self._last_stale > max(5.0, self.stale_s / 3):
+            self._last_stale = now
+            mine = [s.job_id for s in self.slots if s.job_id]
+            for job_id in self.store.interrupt_stale(stale_s=self.stale_s, host=self._host, alive=_pid_alive,
+                                                     skip=mine):
+                LOGGER.warning("job %s lost its worker (another server's, which stopped): interrupted", job_id)
+        if self.on_session_expired is not None and now - self._last_sweep > self.sweep_s:
+            self._last_sweep = now
+            self.sweep_sessions()
+
+    def _submit(self, slot: _Slot, job: JobSnapshot) -> None:
+        slot.job_id, slot.killed_for_cancel, slot.cancel_seen = job.id, False, None
+        try:
+            slot.future = slot.ensure().submit(run_job, str(self.store.path), job.id, slot.index)
+        except Exception as exc:
+            slot.job_id, slot.future = None, None
+            self.store.finish(job.id, JobStatus.FAILED, error=f"no worker could take this job ({exc})")
+
+    def _settle(self, slot: _Slot) -> None:
+        job_id, future = slot.job_id, slot.future
+        slot.job_id, slot.future = None, None
+        if job_id is None or future is None:
+            return
+        try:
+            future.result()
+        except WorkerLost as exc:
+            slot.executor = None  # the backend starts a fresh worker on the next submit
+            self._worker_died(job_id, str(exc), cancelled=slot.killed_for_cancel)
+        except Exception as exc:  # the task could not even start (e.g. unpicklable arguments)
+            self.store.finish(job_id, JobStatus.FAILED, error=f"the worker could not run this job "
+                                                              f"({type(exc).__name__}: {exc})")
+        job = self.store.get(job_id, history=False)
+        if job is not None and job.active:  # the worker returned without recording an outcome
+            self.store.finish(job_id, JobStatus.FAILED, error="the worker ended without a result")
+
+    def _worker_died(self, job_id: str, reason: str, *, cancelled: bool) -> None:
+        job = self.store.get(job_id, history=False)
+        if job is None or not job.active:
+            return
+        run_json = Path(job.artefacts.get("run_dir", "")) / "run.json" if job.artefacts.get("run_dir") else None
+        if run_json is not None and run_json.is_file():  # died after publishing: the run is complete
+            try:
+                result = json.loads(run_json.read_text())
+            except (OSError, ValueError):
+                result = None
+            if result is not None:
+                status = JobStatus.CANCELLED if result.get("status") == "cancelled" else JobStatus.FINISHED
+                self.store.finish(job_id, status, result=result)
+                return
+        self._remove_staging(job)
+        if cancelled:
+            self.store.finish(job_id, JobStatus.CANCELLED, message="cancelled (worker stopped)")
+            return
+        phase = job.message or "its work"
+        self.store.finish(job_id, JobStatus.FAILED,
+                          error=f"the worker process died during '{phase}' (killed by a signal or out of "
+                                f"memory: {reason}); nothing of this run was kept")
+
+    def _enforce_cancels(self) -> None:
+        now = time.time()
+        for slot in self.slots:
+            if slot.job_id is None or slot.killed_for_cancel:
+                continue
+            job = self.store.get(slot.job_id, history=False)
+            if job is None or job.status != JobStatus.CANCELLING:
+                continue
+            if slot.cancel_seen is None:
+                slot.cancel_seen = now
+                continue
+            if now - slot.cancel_seen > self.cancel_grace_s and self._kill_worker(job):
+                slot.killed_for_cancel = True
+
+    def _kill_worker(self, job: JobSnapshot) -> bool:
+        """SIGKILL the job's worker when it is a child of this process on this host."""
+        pid = job.worker_pid
+        if not pid or job.worker_host != self._host or not _is_child(pid):
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            return True
+        return False
+
+    @staticmethod
+    def _remove_staging(job: JobSnapshot) -> None:
+        staging = job.artefacts.get("staging") or (str(staging_dir(job.params["run_dir"]))
+                                                   if job.params.get("run_dir") else None)
+        if staging and Path(staging).name.startswith(".staging-"):
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def sweep_sessions(self, now: float | None = None) -> list[str]:
+        """Delete sessions idle for ``session_ttl_s`` (no active job) and, through the hook, their files."""
+        expired = self.store.expired_sessions(self.config.session_ttl_s, now)
+        for session in expired:
+            try:
+                if self.on_session_expired is not None:
+                    self.on_session_expired(session)
+                self.store.delete_session(session)
+            except Exception:
+                LOGGER.warning("could not expire session %s:\n%s", session, traceback.format_exc())
+        return expired
 
 
-def _status_of(result: Any) -> str | None:
-    if isinstance(result, dict):
-        return result.get("status")
-    return getattr(result, "status", None)
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError, IndexError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    return True
+
+
+def _is_child(pid: int) -> bool:
+    """Whether ``pid`` is a child of this process (never signal a pid that was reused by a stranger)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
-# Distillation and demo-build jobs
+# The process-wide store and dispatcher
 # ------------------------------------------------------------------------------------------------
 
-
-def distill_job(target, teacher, config, run_dir: str | Path | None = None) -> JobFn:
-    """A job function running :func:`scd_core.distill.trainer.distill`; its result is the run's JSON record."""
-
-    def run(report: Report, cancel: threading.Event) -> dict:
-        from scd_core.distill.trainer import distill
-        from scd_core.runtime import workspace
-
-        # The target set, the teacher folder and the run folder are in use: the workspace size limit
-        # never evicts them while the run goes on.
-        teacher_dir = teacher.location if teacher is not None and teacher.source == "folder" else None
-        with workspace.hold(getattr(target, "root", None), teacher_dir, run_dir):
-            result = distill(target, teacher, config, progress=report, cancel=cancel, run_dir=run_dir)
-            workspace.enforce_limit(keep=(result.run_dir,))
-        return result.to_json()
-
-    return run
-
-
-def demo_build_job(world: str, size: str | None = None) -> JobFn:
-    """A job function building (or opening) demo world ``world``; its result is the world's root folder."""
-
-    def run(report: Report, cancel: threading.Event) -> str:
-        from scd_core.demo.worlds import ensure_world
-
-        w = ensure_world(world, size=size, progress=lambda f, m: report({"fraction": f, "message": m}))
-        return str(w.root)
-
-    return run
-
-
-_DEFAULT: JobManager | None = None
+_STORES: dict[Path, JobStore] = {}
+_DISPATCHERS: dict[Path, Dispatcher] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
-def default_manager() -> JobManager:
-    """The process-wide manager (``SCD_MAX_JOBS`` workers, default 1; ``SCD_SESSION_GRACE_S`` seconds)."""
-    global _DEFAULT
+def default_store() -> JobStore:
+    """The store of the current workspace (one per process and workspace)."""
+    path = store_path()
     with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            config = settings()
-            _DEFAULT = JobManager(config.max_jobs, grace_s=config.session_grace_s)
-            atexit.register(_DEFAULT.shutdown, 10.0)  # stop training threads before the interpreter goes
-        return _DEFAULT
+        if path not in _STORES:
+            _STORES[path] = JobStore(path)
+        return _STORES[path]
+
+
+def default_dispatcher() -> Dispatcher:
+    """The dispatcher of this server process for the current workspace, started on first use."""
+    store = default_store()
+    with _DEFAULT_LOCK:
+        dispatcher = _DISPATCHERS.get(store.path)
+        if dispatcher is None:
+            from scd_core.runtime.session import remove_session
+
+            dispatcher = Dispatcher(store, on_session_expired=remove_session)
+            _DISPATCHERS[store.path] = dispatcher
+            if len(_DISPATCHERS) == 1:
+                _at_exit(_shutdown_all)
+    return dispatcher.start()
+
+
+def _at_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when the interpreter exits, before concurrent.futures joins its worker pools.
+
+    Those joins wait for running tasks, so a server stopped with SIGTERM would otherwise wait for its
+    training runs to end; hooks registered later with ``threading._register_atexit`` run first.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading atexit hook")
+        register(fn)
+    except RuntimeError:  # already shutting down, or another Python: the plain hook
+        atexit.register(fn)
+
+
+def _shutdown_all() -> None:
+    for dispatcher in list(_DISPATCHERS.values()):
+        with contextlib.suppress(Exception):
+            dispatcher.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------
+# Queuing the job kinds
+# ------------------------------------------------------------------------------------------------
+
+
+def submit_distill(store: JobStore, session: str, *, target: str, extract_dir: str | None, teacher,
+                   config, run_dir: str | Path, label: str, meta: dict | None = None, target_name: str | None = None,
+                   max_active: int | None = 64) -> str:
+    """Queue a distillation run (:func:`scd_core.distill.trainer.distill`) of ``session``; returns its id.
+
+    ``target`` is the target set's source (``demo:WORLD``, a folder, a .zip with its ``extract_dir``),
+    ``teacher`` a :class:`~scd_core.teachers.repository.TeacherSpec` or None, ``config`` a
+    :class:`~scd_core.distill.trainer.DistillConfig`. The run is published in ``run_dir``.
+    """
+    from dataclasses import asdict
+
+    params = {"target": target, "extract_dir": extract_dir, "target_name": target_name,
+              "teacher": teacher_spec_to_json(teacher), "config": asdict(config), "run_dir": str(run_dir)}
+    return store.submit(session, "distill", label, params=params, meta=meta, max_active=max_active)
+
+
+def submit_demo_build(store: JobStore, world: str, size: str | None = None) -> str:
+    """Queue (or join) the build of demo world ``world``, shared by every session."""
+    return store.submit(SHARED_SESSION, "demo", f"demo world {world}", params={"world": world, "size": size},
+                        key=f"demo:{world}:{size}", lane="service")

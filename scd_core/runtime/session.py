@@ -10,11 +10,14 @@ behind. Nothing here imports streamlit.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import pickle
 import re
+import secrets
 import shutil
 import tempfile
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +43,8 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", 
 
 
 def new_session_id() -> str:
-    return uuid.uuid4().hex
+    """A new session id: 192 random bits (URL-safe), so ids cannot be guessed from one another."""
+    return secrets.token_urlsafe(24)
 
 
 def check_session_id(session_id: str) -> str:
@@ -58,6 +62,46 @@ def remove_session(session_id: str) -> None:
     """Delete everything a session uploaded or produced (called when its browser is gone)."""
     folder = workspace_dir() / "sessions" / check_session_id(session_id)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+STATE_NAME = "state.pkl"
+LOGGER = logging.getLogger(__name__)
+
+
+def save_session_state(session_id: str, state: dict, previous: str | None = None) -> str:
+    """Save a session's page state (target set, teachers, rankings) in its folder; returns its digest.
+
+    Nothing is written when the digest equals ``previous``. The file is written whole and renamed into
+    place. It is pickled: it only ever holds what this server put there, in the session's own folder.
+    """
+    try:
+        data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an entry that cannot be saved must not break the page
+        LOGGER.warning("session state not saved: %s", exc)
+        return previous or ""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != previous:
+        folder = session_dir(session_id)
+        tmp = Path(tempfile.mkstemp(prefix=f".{STATE_NAME}.", suffix=".part", dir=folder)[1])
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(folder / STATE_NAME)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return digest
+
+
+def load_session_state(session_id: str) -> dict:
+    """The page state saved for ``session_id`` ({} when none, or when it cannot be read)."""
+    path = workspace_dir() / "sessions" / check_session_id(session_id) / STATE_NAME
+    try:
+        state = pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:  # e.g. written by an older version whose classes changed
+        LOGGER.warning("session state of %s not restored: %s", session_id, exc)
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def server_paths_allowed() -> bool:

@@ -15,6 +15,7 @@ lists (not numpy arrays, which plotly would encode as base64), so the JSON stays
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -352,3 +353,80 @@ def run_comparison(runs: Sequence[Mapping], baseline: float | None = None, metri
                                                                          "title": name},
                       xaxis={"automargin": True}, height=360, margin={"l": 10, "r": 10, "t": 50, "b": 40})
     return fig
+
+
+def validation_scatter(report: Mapping, higher_is_better: Mapping[str, bool] | None = None) -> go.Figure:
+    """Score against student accuracy, one panel per metric, weighted tau in each panel's title.
+
+    ``report`` is :func:`scd_core.assess.validate.validate`'s result: per teacher its ``scores`` and the
+    mean and spread of its students' accuracies (error bars), per metric its ``weighted_tau``. A good
+    metric puts its points on a rising line (for a lower-is-better metric, a falling one: the axis title
+    says which). ``higher_is_better`` maps metric names to directions (default: the metric registry).
+    """
+    from scd_core.assess.metrics import METRICS
+
+    rows = list(report.get("teachers") or [])
+    metrics = list(report.get("metrics") or {})
+    if not metrics:
+        return go.Figure()
+    hib = dict(higher_is_better or {})
+    for m in metrics:
+        hib.setdefault(m, METRICS[m].higher_is_better if m in METRICS else True)
+    cols = min(3, len(metrics))
+    n_rows = -(-len(metrics) // cols)
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    titles = [f"{m}: weighted tau {fmt(report['metrics'][m].get('weighted_tau'))}" for m in metrics]
+    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                        vertical_spacing=0.16 if n_rows > 1 else 0.1)
+    names = [str(r["name"]) for r in rows]
+    acc = [r.get("accuracy_mean") for r in rows]
+    err = [r.get("accuracy_std") or 0.0 for r in rows]
+    colours = palette(max(1, len(rows)))
+    for i, m in enumerate(metrics):
+        row, col = i // cols + 1, i % cols + 1
+        x = [(r.get("scores") or {}).get(m) for r in rows]
+        fig.add_trace(go.Scatter(
+            x=x, y=acc, mode="markers+text", text=names, textposition="top center", textfont={"size": 9},
+            marker={"size": 9, "color": colours}, error_y={"type": "data", "array": err, "visible": True},
+            name=m, showlegend=False,
+            hovertemplate="%{text}<br>score %{x:.4f}<br>accuracy %{y:.1%}<extra>" + m + "</extra>"),
+            row=row, col=col)
+        fig.update_xaxes(title_text=f"{m} ({direction_label(hib[m])})", row=row, col=col)
+        fig.update_yaxes(title_text="student accuracy" if col == 1 else None, tickformat=".0%", row=row, col=col)
+    split = report.get("accuracy_split", "test")
+    fig.update_layout(
+        title=(f"Does the ranking match distillation? Score vs {split} accuracy of the "
+               f"`{report.get('method', 'scd')}` student ({report.get('seeds', '?')} seeds, mean +- std)"),
+        height=330 * n_rows + 80, margin={"l": 10, "r": 10, "t": 90, "b": 40})
+    return fig
+
+
+def write_figure(fig: go.Figure, path: str) -> str:
+    """Write ``fig`` as a self-contained HTML page (plotly.js embedded, works offline) or, with kaleido, PNG."""
+    from scd_core.errors import ScdError
+
+    out = check_report_path(path)
+    if out.suffix.lower() in (".html", ".htm"):
+        fig.write_html(str(out), include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    else:
+        try:
+            fig.write_image(str(out), width=1200, height=int(fig.layout.height or 600), scale=1)
+        except (ImportError, ValueError, RuntimeError) as exc:
+            raise ScdError(f"could not write {out.name} as PNG ({exc}); install kaleido, or write an .html report"
+                           ) from exc
+    return str(out)
+
+
+def check_report_path(path: str) -> Path:
+    """The report's path, or a :class:`ScdError` naming the file when its type or folder will not do."""
+    from scd_core.errors import ScdError
+
+    out = Path(path)
+    if out.suffix.lower() not in (".html", ".htm", ".png"):
+        raise ScdError(f"report {out.name}: use a .html (or, with kaleido installed, .png) file name")
+    if not out.parent.is_dir():
+        raise ScdError(f"report {out.name}: its folder does not exist")
+    return out
