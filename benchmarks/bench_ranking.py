@@ -83,12 +83,14 @@ def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | 
     stamps: list[tuple[str, int, float]] = []
     last = [time.perf_counter()]
 
-    def progress(event: dict) -> None:
+    def progress(event) -> None:  # a ProgressEvent per finished student
         now = time.perf_counter()
-        stamps.append((event["teacher"] or "-", event["seed"], now - last[0]))
+        stamps.append((event.data["teacher"] or "-", event.data["seed"], now - last[0]))
         last[0] = now
 
-    config = DistillConfig() if epochs is None else DistillConfig(epochs=epochs)
+    # ground truth: what the teacher gives a student through scd with the fixed lambda (the adaptive
+    # weight would pull every weak teacher to the same ce accuracy and flatten the ranking's target)
+    config = DistillConfig(weighting="fixed") if epochs is None else DistillConfig(epochs=epochs, weighting="fixed")
     previous = ground_truth(reuse, name)
     if previous is None:
         last[0] = time.perf_counter()

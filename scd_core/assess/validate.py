@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from scipy import stats
 from scd_core.assess.ranking import rank
 from scd_core.data.targets import TargetSet
 from scd_core.distill.trainer import DistillConfig, distill
+from scd_core.progress import ProgressFn, emit
 from scd_core.runtime.executors import Executor
 from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
@@ -55,7 +56,7 @@ def validate(
     config: DistillConfig | None = None,
     include_baseline: bool = True,
     device: str = "auto",
-    progress: Callable[[dict], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     executor: Executor | None = None,
 ) -> dict:
@@ -78,8 +79,8 @@ def validate(
 
     def record(name: str | None, method: str, seed: int, accuracy: float) -> None:
         accuracies[name].append(accuracy)
-        if progress:
-            progress({"teacher": name, "method": method, "seed": seed, "accuracy": accuracy})
+        emit(progress, f"{name or '-'} {method} seed {seed}: {accuracy:.3f}", None, "run", teacher=name,
+             method=method, seed=seed, accuracy=accuracy)
 
     if executor is None:
         for name, method, seed in jobs:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 
 from scd_core.cli.executor import add_executor_options
+from scd_core.distill.config import DEFAULT_STUDENT, WEIGHTINGS, DistillConfig
 from scd_core.distill.losses import METHODS
-from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
+from scd_core.distill.optim import OPTIMIZERS
 from scd_core.ot.costs import COSTS
 
 
 def _config(args: argparse.Namespace, method: str) -> DistillConfig:
     return DistillConfig(method=method, student=args.student, epochs=args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, weight=args.weight, temperature=args.temperature,
+                         optimizer=args.optimizer, lr=args.lr, weight=args.weight, weighting=args.weighting,
+                         temperature=args.temperature,
                          eps=args.eps, cost=args.cost, image_size=args.image_size, seed=args.seed, device=args.device)
 
 
@@ -23,15 +25,11 @@ def cmd_distill(args: argparse.Namespace, bar) -> dict:
     target = as_target(args.target)
     teacher = as_repository(args.repo).get(args.teacher) if args.teacher else None
 
-    def progress(event: dict) -> None:
-        if "step" in event and event.get("steps"):
-            bar.legacy(event["step"] / event["steps"], f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}")
-
     from scd_core.cli.executor import open_executor
 
     with open_executor(args) as executor:
         if executor is None:
-            result = distill(target, teacher, _config(args, args.method), progress=progress, run_dir=args.out)
+            result = distill(target, teacher, _config(args, args.method), progress=bar, run_dir=args.out)
         else:  # one task on the executor (a GPU of the cluster when it has one); no per-epoch progress
             bar.legacy(0.0, f"distilling on the {executor.name} executor")
             result = executor.submit(distill, target, teacher, _config(args, args.method),
@@ -50,17 +48,11 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
         from scd_core.viz.figures import check_report_path
 
         check_report_path(args.report)  # before the students are trained, not after
-    done = {"n": 0}
-
-    def progress(event: dict) -> None:
-        done["n"] += 1
-        bar.legacy(0.0, f"{event['teacher']} {event['method']} seed {event['seed']}: {event['accuracy']:.3f}")
-
     from scd_core.cli.executor import open_executor
 
     with open_executor(args) as executor:
         result = validate(args.target, args.repo, metrics=metrics, top=args.top, seeds=args.seeds,
-                          config=_config(args, args.method), device=args.device, progress=progress,
+                          config=_config(args, args.method), device=args.device, progress=bar,
                           executor=executor)
     if args.report:
         from scd_core.viz.figures import validation_scatter, write_figure
@@ -72,9 +64,11 @@ def cmd_validate(args: argparse.Namespace, bar) -> dict:
 def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", default=DEFAULT_STUDENT, help="timm architecture of the student")
     p.add_argument("--epochs", type=int, default=DistillConfig.epochs)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--optimizer", default=DistillConfig.optimizer, choices=list(OPTIMIZERS))
     p.add_argument("--lr", type=float)
     p.add_argument("--weight", type=float, default=DistillConfig.weight, help="lambda of the teacher term")
+    p.add_argument("--weighting", default=DistillConfig.weighting, choices=list(WEIGHTINGS),
+                   help="fixed: lambda as given; adaptive: lambda times the teacher's label agreement on train")
     p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--eps", type=float, default=DistillConfig.eps,
                    help="entropic regularisation of the scd loss, relative to the cost range")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scd_core.distill.config import DistillConfig
 from scd_core.errors import ScdError
 from scd_core.ot.costs import rescale_unit
 from scd_core.ot.transport import sinkhorn
@@ -77,6 +78,11 @@ class DistillLoss(ABC):
         self.weight = float(weight)
         self.temperature = float(temperature)
 
+    @classmethod
+    def options(cls, config: DistillConfig) -> dict:
+        """This loss's keyword options, read from a run's config."""
+        return {"weight": config.weight, "temperature": config.temperature}
+
     def prepare(self, context: TeacherContext | None, device: torch.device) -> None:  # noqa: B027
         """Check compatibility with the teacher and precompute what the loss needs."""
 
@@ -98,6 +104,10 @@ class CrossEntropyLoss(DistillLoss):
 
     name = "ce"
     needs_teacher = False
+
+    @classmethod
+    def options(cls, config: DistillConfig) -> dict:
+        return {}
 
     def teacher_term(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - never called
         return batch.student_logits.sum() * 0.0
@@ -216,6 +226,10 @@ class SCDLoss(DistillLoss):
             raise ScdError(f"scd eps must be in [{MIN_TRAIN_EPS}, 10] (relative to the cost range), got {eps}")
         self.eps, self.max_iter = float(eps), int(max_iter)
 
+    @classmethod
+    def options(cls, config: DistillConfig) -> dict:
+        return {**super().options(config), "eps": config.eps}
+
     def prepare(self, context: TeacherContext | None, device: torch.device) -> None:
         if context is None or context.cost is None:
             raise ScdError("method 'scd' needs the teacher-to-target cost matrix")
@@ -260,3 +274,11 @@ def make_loss(method: str, **kwargs) -> DistillLoss:
     except KeyError:
         raise ScdError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}") from None
     return cls(**kwargs)
+
+
+def loss_from_config(config: DistillConfig) -> DistillLoss:
+    """The loss for ``config.method``, each loss taking its own options from ``config``."""
+    cls = LOSSES.get(config.method)
+    if cls is None:
+        return make_loss(config.method)  # raises the ScdError listing the methods
+    return cls(**cls.options(config))

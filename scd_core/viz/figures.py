@@ -329,16 +329,22 @@ def training_curves(runs: Sequence[Mapping], title: str = "Training curves") -> 
 
 
 def run_comparison(runs: Sequence[Mapping], baseline: float | None = None, metric: str = "val_acc") -> go.Figure:
-    """Final accuracy per run as bars, with the ``ce`` baseline as a dashed line (``{"label", metric}``)."""
+    """Final accuracy per run (or per group of seeds) as bars, with the ``ce`` baseline as a dashed line.
+
+    Each entry is ``{"label", metric}``, optionally with ``"error"`` (a std over seeds, drawn as an
+    error bar) and ``"baseline": True`` for ``ce``.
+    """
     labels = unique_labels([str(r.get("label", "run")) for r in runs])
     values = [float(r.get(metric)) if r.get(metric) is not None else np.nan for r in runs]
+    errors = [float(r["error"]) if r.get("error") is not None else 0.0 for r in runs]
     colours = [BASELINE_COLOUR if r.get("baseline") else OTHER_COLOUR for r in runs]
     if values and not all(np.isnan(values)):
         best = int(np.nanargmax(values))
         colours[best] = BEST_COLOUR
     fig = go.Figure(go.Bar(x=labels, y=values, marker_color=colours, text=[f"{v:.1%}" for v in values],
                            textposition="auto", hovertemplate="%{x}<br>accuracy: %{y:.1%}<extra></extra>",
-                           width=[min(0.8, 0.25 * max(1, len(labels)))] * len(labels)))
+                           width=[min(0.8, 0.25 * max(1, len(labels)))] * len(labels),
+                           error_y={"type": "data", "array": errors, "visible": any(errors)}))
     if baseline is not None and np.isfinite(baseline):
         fig.add_hline(y=baseline, line_dash="dash", line_color=BASELINE_COLOUR,
                       annotation_text=f"ce baseline {baseline:.1%}", annotation_position="top left")

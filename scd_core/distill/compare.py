@@ -1,0 +1,250 @@
+r"""Comparing distillation runs: per (teacher, method) over seeds, against the teacher-free ``ce``.
+
+Runs are grouped by (teacher, method, weighting) among the *finished* runs that share a setting
+(target, student, epochs); cancelled and failed runs stay in the history but never enter a
+comparison or "best". For each group the validation accuracy is summarised as mean :math:`\pm`
+sample std over its seeds (or folds), with the test accuracy when the target set has a test split.
+
+**The difference from ``ce``** :math:`\Delta = \bar a - \bar a_{ce}` gets a two-sided interval:
+
+- with at least two runs on each side, Welch's t interval over seeds,
+  :math:`\Delta \pm t_{\nu, 1-\alpha/2} \sqrt{s_1^2/n_1 + s_2^2/n_2}` with the Welch-Satterthwaite
+  :math:`\nu`;
+- otherwise (a single seed) the sampling noise of the validation split itself, the normal interval
+  of a difference of two proportions measured on :math:`m` images,
+  :math:`\Delta \pm z_{1-\alpha/2} \sqrt{(\bar a(1-\bar a) + \bar a_{ce}(1-\bar a_{ce})) / m}`.
+
+A difference whose interval contains 0, or that is smaller than one validation image
+(:math:`100/m` points), is labelled *within noise*, and the label says how many validation images
+there are and what one image is worth.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import numpy as np
+from scipy import stats
+
+from scd_core.data.targets import TargetSet
+
+FINISHED = "finished"
+SMALL_VALIDATION = 50  # fewer validation images than this: accuracy moves in steps of >= 2 points
+NO_TEST_NOTE = "No test split: test accuracy is not measured (—). Add a test/ folder to report it."
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the comparison sees it."""
+
+    run_id: str
+    method: str
+    teacher: str | None
+    seed: int
+    status: str  # finished, cancelled, failed, queued, running, ...
+    val_acc: float | None = None
+    test_acc: float | None = None
+    n_val: int = 0
+    weighting: str = "fixed"
+    started: float = 0.0  # epoch seconds
+    setting: tuple = ()  # what must match for runs to be compared (target, student, epochs, ...)
+    fold: int | None = None  # k-fold index when the run is one fold of a cross-validated comparison
+
+
+def run_name(method: str, teacher: str | None, weighting: str = "fixed") -> str:
+    """``scd ← teacher`` (``, adaptive λ`` when adaptive), or ``ce (no teacher)``."""
+    if not teacher:
+        return f"{method} (no teacher)"
+    return f"{method} ← {teacher}" + (", adaptive λ" if weighting == "adaptive" else "")
+
+
+def run_label(run: RunRecord) -> str:
+    """A label that tells runs apart: name, seed (or fold) and start time."""
+    when = datetime.fromtimestamp(run.started).strftime("%H:%M:%S") if run.started else "not started"
+    rep = f"fold {run.fold}" if run.fold is not None else f"seed {run.seed}"
+    return f"{run_name(run.method, run.teacher, run.weighting)} · {rep} · {when}"
+
+
+def record_from_job(job: Mapping) -> RunRecord:
+    """A :class:`RunRecord` from a distillation job snapshot (its ``meta`` and its ``result``, if any)."""
+    meta, result = job.get("meta") or {}, job.get("result") or {}
+    config = result.get("config") or {}
+    return RunRecord(
+        run_id=str(job.get("id") or result.get("run_id") or ""), method=str(meta.get("method") or config.get("method")),
+        teacher=meta.get("teacher") or result.get("teacher"), seed=int(meta.get("seed", config.get("seed", 0)) or 0),
+        status=str(job.get("status") or result.get("status") or ""),
+        val_acc=_num(result.get("val_acc")), test_acc=_num(result.get("test_acc")),
+        n_val=int(meta.get("n_val") or 0), weighting=str(meta.get("weighting") or config.get("weighting") or "fixed"),
+        started=float(job.get("started") or job.get("created") or 0.0),
+        setting=tuple(meta.get(k) for k in ("target_fp", "student", "epochs")), fold=meta.get("fold"),
+    )
+
+
+def matching_baseline(run: RunRecord, runs: Sequence[RunRecord]) -> RunRecord | None:
+    """The latest finished ``ce`` run with the same setting and seed (fold) as ``run``."""
+    matches = [r for r in runs if r.method == "ce" and r.status == FINISHED and r.val_acc is not None
+               and r.setting == run.setting and r.seed == run.seed and r.fold == run.fold]
+    return max(matches, key=lambda r: r.started) if matches else None
+
+
+@dataclass
+class Difference:
+    """``mean - ce mean`` in accuracy (fraction), its interval and whether it is within noise."""
+
+    value: float
+    low: float
+    high: float
+    source: str  # "seeds" (Welch t over runs) or "validation split" (binomial sampling noise)
+    within_noise: bool
+    label: str
+
+
+@dataclass
+class GroupSummary:
+    """One (teacher, method, weighting) over its finished runs."""
+
+    name: str
+    method: str
+    teacher: str | None
+    weighting: str
+    n: int
+    val_mean: float
+    val_std: float | None  # sample std (ddof=1); None for a single run
+    test_mean: float | None
+    test_std: float | None
+    runs: list[str] = field(default_factory=list)  # run labels
+    vs_ce: Difference | None = None
+    best: bool = False
+
+
+@dataclass
+class Comparison:
+    groups: list[GroupSummary]
+    excluded: list[RunRecord]  # cancelled, failed or unfinished runs: in the history, not compared
+    n_val: int
+    one_image_points: float | None  # what one validation image is worth, in accuracy points
+    warnings: list[str] = field(default_factory=list)
+    test_note: str | None = None
+    confidence: float = 0.95
+
+    @property
+    def baseline(self) -> GroupSummary | None:
+        return next((g for g in self.groups if g.method == "ce"), None)
+
+
+def _num(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _std(x: np.ndarray) -> float | None:
+    return float(np.std(x, ddof=1)) if x.size >= 2 else None
+
+
+def difference(a: Sequence[float], b: Sequence[float], n_val: int, confidence: float = 0.95) -> Difference:
+    """``mean(a) - mean(b)`` with its interval (see the module docstring) and its noise label."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean())
+    if x.size >= 2 and y.size >= 2:
+        vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+        se = math.sqrt(vx + vy)
+        if se > 0:
+            nu = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+            half = float(stats.t.ppf(0.5 + confidence / 2, nu)) * se
+        else:
+            half = 0.0
+        source = "seeds"
+    else:
+        m = max(int(n_val), 1)
+        pa, pb = float(x.mean()), float(y.mean())
+        half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / m)
+        source = "validation split"
+    low, high = diff - half, diff + half
+    one = 1.0 / n_val if n_val > 0 else 0.0
+    within = (low <= 0.0 <= high) or abs(diff) < one
+    image_text = (f"{n_val} validation images, one image = {100 * one:.1f} points" if n_val
+                  else "validation size unknown")
+    label = (f"within noise ({image_text})" if within
+             else f"{'better' if diff > 0 else 'worse'} than ce beyond noise ({image_text})")
+    return Difference(diff, low, high, source, within, label)
+
+
+def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: float = 0.95,
+            has_test: bool | None = None) -> Comparison:
+    """Group the finished runs, summarise them over seeds and compare each group with ``ce``.
+
+    All runs should share one setting (filter with :attr:`RunRecord.setting` first). ``n_val`` defaults
+    to the runs' own validation size; ``has_test`` to whether any run reports a test accuracy.
+    """
+    runs = list(runs)
+    done = [r for r in runs if r.status == FINISHED and r.val_acc is not None]
+    excluded = [r for r in runs if r not in done]
+    n_val = int(n_val if n_val is not None else max((r.n_val for r in done), default=0))
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in done:
+        groups.setdefault((r.teacher, r.method, r.weighting if r.method != "ce" else "fixed"), []).append(r)
+    summaries = []
+    for (teacher, method, weighting), members in groups.items():
+        val = np.array([r.val_acc for r in members])
+        test = np.array([r.test_acc for r in members if r.test_acc is not None])
+        summaries.append(GroupSummary(
+            name=run_name(method, teacher, weighting), method=method, teacher=teacher, weighting=weighting,
+            n=len(members), val_mean=float(val.mean()), val_std=_std(val),
+            test_mean=float(test.mean()) if test.size else None, test_std=_std(test),
+            runs=[run_label(r) for r in sorted(members, key=lambda r: r.started)],
+        ))
+    ce = next((g for g in summaries if g.method == "ce"), None)
+    if ce is not None:
+        ce_vals = [r.val_acc for r in groups[(None, "ce", "fixed")]] if (None, "ce", "fixed") in groups else []
+        for g in summaries:
+            if g is not ce and ce_vals:
+                vals = [r.val_acc for r in groups[(g.teacher, g.method, g.weighting)]]
+                g.vs_ce = difference(vals, ce_vals, n_val, confidence)
+    if summaries:
+        max(summaries, key=lambda g: g.val_mean).best = True
+    summaries.sort(key=lambda g: (g.method != "ce", -g.val_mean))
+    warnings = []
+    if 0 < n_val < SMALL_VALIDATION:
+        warnings.append(
+            f"The validation split has only {n_val} images: one image is worth {100 / n_val:.1f} accuracy points, "
+            f"so differences of a few points are noise. Run several seeds, or compare with k-fold "
+            f"cross-validation, before drawing a conclusion.")
+    if summaries and max((g.n for g in summaries), default=0) < 2:
+        warnings.append("Single-seed runs: the intervals only cover the validation split's sampling noise, "
+                        "not the run-to-run variation. Run 3 seeds for intervals over seeds.")
+    has_test = has_test if has_test is not None else any(r.test_acc is not None for r in done)
+    return Comparison(groups=summaries, excluded=excluded, n_val=n_val,
+                      one_image_points=100.0 / n_val if n_val else None, warnings=warnings,
+                      test_note=None if has_test else NO_TEST_NOTE, confidence=confidence)
+
+
+def kfold_targets(target: TargetSet, k: int, seed: int = 0) -> list[TargetSet]:
+    """``k`` copies of ``target`` whose labeled train + val images are re-split into k stratified folds:
+    copy ``i`` validates on fold ``i`` and trains on the others (test and unlabeled images unchanged)."""
+    from scd_core.errors import ScdError
+
+    labeled = [it for it in target.items if it.split in ("train", "val") and it.label >= 0]
+    per_class = np.bincount([it.label for it in labeled], minlength=target.num_classes)
+    smallest = int(per_class.min()) if per_class.size else 0
+    if k < 2 or smallest < k:
+        raise ScdError(f"{k}-fold cross-validation needs k >= 2 and at least {k} labeled images in every class "
+                       f"(the smallest class has {smallest})")
+    rng = random.Random(seed)
+    fold_of: dict[str, int] = {}
+    for c in range(target.num_classes):
+        members = [it.rel for it in labeled if it.label == c]
+        rng.shuffle(members)
+        fold_of.update({rel: i % k for i, rel in enumerate(members)})
+    folds = []
+    for i in range(k):
+        items = [replace(it, split=("val" if fold_of[it.rel] == i else "train")) if it.rel in fold_of else it
+                 for it in target.items]
+        folds.append(replace(target, items=items, name=f"{target.name} (fold {i + 1}/{k})"))
+    return folds

@@ -1,0 +1,144 @@
+"""Comparing runs over seeds (intervals, noise labels, cancelled runs left out) and the adaptive teacher weight."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from scd_core import ScdError
+from scd_core.distill.compare import (
+    NO_TEST_NOTE,
+    RunRecord,
+    compare,
+    difference,
+    kfold_targets,
+    matching_baseline,
+    record_from_job,
+    run_label,
+)
+
+SETTING = ("fp", "resnet10t", 15)
+
+
+def _run(method: str, teacher: str | None, seed: int, val: float, status: str = "finished", **kw) -> RunRecord:
+    return RunRecord(run_id=f"{method}-{teacher}-{seed}-{status}", method=method, teacher=teacher, seed=seed,
+                     status=status, val_acc=val, n_val=kw.pop("n_val", 40), started=1_700_000_000.0 + seed,
+                     setting=SETTING, **kw)
+
+
+def test_cancelled_and_failed_runs_are_kept_out_of_the_comparison_and_of_best():
+    runs = [_run("ce", None, 0, 0.50), _run("scd", "good", 0, 0.70),
+            _run("scd", "short", 0, 0.99, status="cancelled"), _run("ce", None, 1, 0.95, status="failed")]
+    result = compare(runs)
+    names = {g.name for g in result.groups}
+    assert names == {"ce (no teacher)", "scd ← good"}
+    assert {r.status for r in result.excluded} == {"cancelled", "failed"}
+    best = [g for g in result.groups if g.best]
+    assert len(best) == 1 and best[0].teacher == "good" and best[0].val_mean == pytest.approx(0.70)
+    assert result.baseline is not None and result.baseline.n == 1 and result.baseline.val_mean == pytest.approx(0.5)
+
+
+def test_the_interval_over_seeds_is_welchs():
+    scd, ce = [0.70, 0.74, 0.66], [0.52, 0.55, 0.50]
+    runs = [_run("scd", "t", s, v) for s, v in enumerate(scd)] + [_run("ce", None, s, v) for s, v in enumerate(ce)]
+    result = compare(runs, n_val=100)
+    g = next(g for g in result.groups if g.method == "scd")
+    assert g.n == 3 and g.val_mean == pytest.approx(np.mean(scd)) and g.val_std == pytest.approx(np.std(scd, ddof=1))
+    ci = stats.ttest_ind(scd, ce, equal_var=False).confidence_interval(0.95)
+    assert g.vs_ce.source == "seeds"
+    assert (g.vs_ce.low, g.vs_ce.high) == pytest.approx((ci.low, ci.high))
+    assert not g.vs_ce.within_noise and g.vs_ce.label.startswith("better than ce beyond noise")
+    # more seeds with the same spread give a narrower interval
+    more = difference(scd * 3, ce * 3, 100)
+    assert more.high - more.low < g.vs_ce.high - g.vs_ce.low
+
+
+def test_a_one_image_difference_on_a_small_split_is_labelled_noise():
+    runs = [_run("ce", None, 0, 1.0, n_val=16), _run("scd", "top", 0, 15 / 16, n_val=16)]
+    result = compare(runs)
+    d = next(g for g in result.groups if g.method == "scd").vs_ce
+    assert d.value == pytest.approx(-1 / 16) and d.source == "validation split" and d.within_noise
+    assert "within noise" in d.label and "16 validation images" in d.label and "6.2 points" in d.label
+    assert result.one_image_points == pytest.approx(6.25)
+    assert any("only 16 images" in w and "k-fold" in w for w in result.warnings)
+    assert result.test_note == NO_TEST_NOTE  # no run reports a test accuracy
+
+
+def test_a_large_difference_on_a_large_split_is_not_noise():
+    d = difference([0.80], [0.50], 1000)
+    assert not d.within_noise and d.low > 0 and "1000 validation images" in d.label
+
+
+def test_runs_get_distinct_labels_and_match_their_baseline():
+    a, b = _run("scd", "t", 0, 0.6), _run("scd", "t", 1, 0.6)
+    assert run_label(a) != run_label(b) and "seed 0" in run_label(a)
+    ce_old, ce_new = _run("ce", None, 0, 0.5), _run("ce", None, 0, 0.55)
+    ce_new = RunRecord(**{**ce_new.__dict__, "run_id": "new", "started": ce_old.started + 10})
+    other_seed = _run("ce", None, 1, 0.9)
+    assert matching_baseline(a, [ce_old, ce_new, other_seed]) is ce_new
+    job = {"id": "j1", "status": "cancelled", "started": 5.0, "meta": {"method": "scd", "teacher": "t", "seed": 2,
+           "n_val": 30, "target_fp": "fp", "student": "resnet10t", "epochs": 15},
+           "result": {"val_acc": 0.4, "test_acc": None, "config": {"weighting": "adaptive"}}}
+    rec = record_from_job(job)
+    assert rec.status == "cancelled" and rec.seed == 2 and rec.weighting == "adaptive" and rec.setting == SETTING
+    assert rec.test_acc is None and compare([rec]).groups == []
+
+
+def test_kfold_targets_are_stratified_and_disjoint(tmp_path):
+    from helpers import write_image_folder
+
+    from scd_core.data.targets import load_target
+
+    classes = {"a": 8, "b": 8}
+    splits = {"train": {"a": 6, "b": 6}, "val": {"a": 2, "b": 2}, "test": {"a": 2, "b": 2}}
+    target = load_target(write_image_folder(tmp_path / "t", classes, size=8, splits=splits))
+    folds = kfold_targets(target, 4)
+    vals = [{it.rel for it in f.split("val")} for f in folds]
+    assert all(len(v) == 4 for v in vals) and set.union(*vals) == {it.rel for it in target.assessment_items}
+    assert all(not (vals[i] & vals[j]) for i in range(4) for j in range(i + 1, 4))
+    assert all({it.rel for it in f.split("test")} == {it.rel for it in target.split("test")} for f in folds)
+    with pytest.raises(ScdError, match="9-fold"):
+        kfold_targets(target, 9)
+
+
+def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_a_good_one(tmp_path):
+    """A good teacher: a real timm student trained with ``ce`` on the colour classes, then used as a teacher;
+    an untrained one: the same architecture at random initialisation."""
+    from helpers import make_teacher, write_image_folder
+
+    from scd_core.data.targets import load_target
+    from scd_core.distill.signal import label_agreement, teacher_context, train_outputs
+    from scd_core.distill.trainer import DistillConfig, distill
+    from scd_core.teachers.repository import spec_from_folder
+
+    classes = {"red": 12, "green": 12, "blue": 12}
+    splits = {"train": classes, "val": {c: 3 for c in classes}}
+    target = load_target(write_image_folder(tmp_path / "target", classes, size=16, splits=splits))
+    trained = distill(target, None, DistillConfig(method="ce", student="test_resnet", epochs=12, batch_size=12,
+                                                  image_size=16, device="cpu"), run_dir=tmp_path / "good")
+    teachers = {"good": spec_from_folder(trained.student_dir),
+                "untrained": spec_from_folder(make_teacher(tmp_path / "untrained", 3, img_size=16, seed=3))}
+    agreement = {}
+    for name, spec in teachers.items():
+        outputs = train_outputs(spec, target, "cpu")
+        context = teacher_context(spec, target, "cpu", outputs=outputs)
+        agreement[name] = label_agreement(outputs, context.cost, temperature=4.0)
+    assert agreement["untrained"]["agreement"] <= 0.1, agreement
+    assert agreement["good"]["agreement"] >= 0.6, agreement
+    assert agreement["good"]["accuracy"] > agreement["good"]["accuracy_lower"] > 1 / 3
+
+    # the run records the weight it used: lambda times the agreement
+    config = DistillConfig(method="scd", weighting="adaptive", student="test_resnet", epochs=1, batch_size=12,
+                           image_size=16, device="cpu")
+    run = distill(target, teachers["untrained"], config, run_dir=tmp_path / "adaptive")
+    assert run.teacher_weight["weighting"] == "adaptive"
+    assert run.teacher_weight["lambda"] == pytest.approx(run.teacher_weight["agreement"])
+    if run.teacher_weight["lambda"] == 0.0:  # no weight earned: the run is exactly ce (same init, same batches)
+        ce = distill(target, None, replace(config, method="ce"), run_dir=tmp_path / "ce")
+        assert run.teacher_weight["trained_as"] == "ce"
+        assert [h["train_loss"] for h in run.history] == [h["train_loss"] for h in ce.history]
+    else:
+        assert run.teacher_weight["lambda"] <= 0.1
