@@ -12,10 +12,19 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
+from scd_core.distill.compare import (
+    compare,
+    default_seed_count,
+    estimate_run_seconds,
+    job_record,
+    run_name,
+)
+from scd_core.distill.config import WEIGHTINGS
 from scd_core.distill.losses import METHODS
 from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
 from scd_core.runtime.jobs import JobSnapshot, JobStatus, submit_distill
 from scd_core.runtime.session import session_dir, zip_folder
+from scd_core.utils import slug
 from scd_core.viz.figures import run_comparison, training_curves
 
 STUDENTS = (DEFAULT_STUDENT, "resnet18", "mobilenetv3_small_100", "efficientnet_b0", "test_resnet",
@@ -64,10 +73,27 @@ with st.form("distill_form"):
         epochs = st.number_input("Epochs", 1, 500, key="w_dist_epochs", **ui.PERSIST)
         batch = st.number_input("Batch size", 2, 1024, key="w_dist_batch", **ui.PERSIST)
     with right:
-        seed = st.number_input("Seed", 0, 10_000, key="w_dist_seed", **ui.PERSIST)
+        seed = st.number_input("First seed", 0, 10_000, key="w_dist_seed", **ui.PERSIST)
+        pool = len(target.split("train")) + len(target.split("unlabeled"))
+        past = [(j.elapsed, int(j.meta.get("pool") or 0), len(j.history)) for j in store.jobs(sid, kind="distill")
+                if j.status == JobStatus.FINISHED and j.meta.get("target_fp") == target.fingerprint]
+        estimate = estimate_run_seconds(past, pool, int(st.session_state.get("w_dist_epochs", 15)))
+        planned = max(1, len(st.session_state.get("w_dist_methods", ["scd", "ce"])))
+        ui.init_widget("w_dist_seeds", default_seed_count(estimate.seconds, planned))
+        seeds = st.number_input("Seeds per run", 1, 10, key="w_dist_seeds", **ui.PERSIST,
+                                help="Each (teacher, method) is trained once per seed; the comparison shows the mean "
+                                     "± std over seeds and an interval for the difference from ce.")
+        st.caption(f"About {estimate.seconds:.0f} s per run (estimate from {estimate.basis}); "
+                   f"{planned} method(s) × {int(seeds)} seed(s) ≈ {estimate.seconds * planned * int(seeds) / 60:.1f} "
+                   "min of worker time.")
         with st.expander("More options"):
             lr = st.number_input("Learning rate (0: default)", 0.0, 10.0, format="%.4f", key="w_dist_lr", **ui.PERSIST)
             weight = st.number_input("Teacher weight λ", 0.0, 100.0, key="w_dist_weight", **ui.PERSIST)
+            ui.init_widget("w_dist_weighting", "adaptive")
+            weighting = st.radio("Teacher weighting", WEIGHTINGS, key="w_dist_weighting", horizontal=True,
+                                 **ui.PERSIST, help="adaptive: λ times how well the teacher's transported predictions "
+                                                    "agree with your labels (a useless teacher gets about 0, so the "
+                                                    "run stays near ce); fixed: λ as given.")
             temperature = st.number_input("Temperature T", 0.1, 50.0, key="w_dist_temp", **ui.PERSIST)
             use_unlabeled = st.checkbox("Use unlabeled images", key="w_dist_unlabeled", **ui.PERSIST)
     start = st.form_submit_button("Start runs", type="primary")
@@ -79,26 +105,29 @@ if start:
         st.error("Choose at least one teacher (or only the ce method).")
     else:
         started = 0
-        for method in methods:
-            for teacher in ([None] if method == "ce" else teachers):
-                config = DistillConfig(method=method, student=student, epochs=int(epochs), batch_size=int(batch),
-                                       seed=int(seed), device=ui.device(), lr=float(lr) or None, weight=float(weight),
-                                       temperature=float(temperature), use_unlabeled=bool(use_unlabeled))
-                spec = repo.get(teacher) if teacher else None
-                run_dir = session_dir(sid, "runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-                label = f"{method} ← {teacher}" if teacher else "ce (no teacher)"
-                meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
-                        "seed": int(seed), "target": target.name, "target_fp": target.fingerprint,
-                        "run_dir": str(run_dir)}
-                source = ui.target_spec()
-                extract = str(session_dir(sid, "targets")) if source.lower().endswith(".zip") else None
-                try:
-                    submit_distill(store, sid, target=source, extract_dir=extract, teacher=spec, config=config,
-                                   run_dir=run_dir, label=label, meta=meta, target_name=target.name)
-                except ScdError as exc:
-                    ui.show_error(exc)
-                    break
-                started += 1
+        plan = [(method, teacher, int(seed) + k) for k in range(int(seeds)) for method in methods
+                for teacher in ([None] if method == "ce" else teachers)]
+        for method, teacher, run_seed in plan:
+            config = DistillConfig(method=method, student=student, epochs=int(epochs), batch_size=int(batch),
+                                   seed=run_seed, device=ui.device(), lr=float(lr) or None, weight=float(weight),
+                                   temperature=float(temperature), use_unlabeled=bool(use_unlabeled),
+                                   weighting=str(weighting))
+            spec = repo.get(teacher) if teacher else None
+            run_dir = session_dir(sid, "runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+            label = f"{run_name(method, teacher, str(weighting))} · seed {run_seed}"
+            meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
+                    "seed": run_seed, "weighting": str(weighting), "target": target.name,
+                    "target_fp": target.fingerprint, "run_dir": str(run_dir),
+                    "n_val": len(target.split("val")), "pool": pool}
+            source = ui.target_spec()
+            extract = str(session_dir(sid, "targets")) if source.lower().endswith(".zip") else None
+            try:
+                submit_distill(store, sid, target=source, extract_dir=extract, teacher=spec, config=config,
+                               run_dir=run_dir, label=label, meta=meta, target_name=target.name)
+            except ScdError as exc:
+                ui.show_error(exc)
+                break
+            started += 1
         if started:
             ui.dispatcher().kick()
             st.session_state["runs_started"] = started
@@ -164,46 +193,44 @@ def _progress_row(job: JobSnapshot, text: str) -> None:
                   disabled=job.status == JobStatus.CANCELLING)
 
 
-def _baseline(job: JobSnapshot, done: list[JobSnapshot]) -> float | None:
-    """Validation accuracy of the latest ce run with the same student, epochs and seed."""
-    meta = job.meta
-    for other in reversed(done):
-        m = other.meta
-        if m.get("method") == "ce" and other.status == JobStatus.FINISHED and all(
-                m.get(k) == meta.get(k) for k in ("student", "epochs", "seed")):
-            return other.result["val_acc"]
-    return None
-
-
 def _comparison(jobs: list[JobSnapshot]) -> None:
-    done = [j for j in jobs if j.status in (JobStatus.FINISHED, JobStatus.CANCELLED) and j.result
-            and j.meta.get("target_fp") == target.fingerprint]
-    if not done:
+    """Finished runs of the latest setting, grouped over seeds by the engine; cancelled and failed runs left out."""
+    records = [job_record(j) for j in jobs if j.meta.get("target_fp") == target.fingerprint]
+    finished = [r for r in records if r.status == JobStatus.FINISHED.value and r.val_acc is not None]
+    if not finished:
         return
+    setting = max(finished, key=lambda r: r.started).setting
+    comparison = compare([r for r in records if r.setting == setting], n_val=len(target.split("val")),
+                         has_test=bool(target.split("test")))
     st.header("Compare against the ce baseline")
-    rows = []
-    for job in done:
-        result, meta = job.result, job.meta
-        base = _baseline(job, done) if meta.get("method") != "ce" else None
-        rows.append({
-            "run": job.label, "teacher": meta.get("teacher") or "—", "method": meta.get("method"),
-            "student": meta.get("student"), "epochs": len(result.get("history", [])), "status": str(job.status),
-            "val_acc": result.get("val_acc"), "test_acc": result.get("test_acc"),
-            "Δ val vs ce": result.get("val_acc") - base if base is not None else None,
-        })
-    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True, column_config={
-        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
-        "test_acc": st.column_config.NumberColumn("test acc", format="percent"),
-        "Δ val vs ce": st.column_config.NumberColumn(format="percent",
-                                                     help="Validation accuracy minus that of the ce run with the "
-                                                          "same student, epochs and seed."),
-    })
-    baselines = [r["val_acc"] for r in rows if r["method"] == "ce"]
+    _, student, epochs = setting
+    left_out = sum(1 for r in comparison.excluded if r.status in ("cancelled", "failed", "interrupted"))
+    st.caption(f"Finished runs with student {student} and {epochs} epochs, mean ± std over seeds"
+               + (f"; {left_out} cancelled or failed run(s) are left out (see the history)." if left_out else "."))
+    for warning in comparison.warnings:
+        st.warning(warning, icon=":material/warning:")
+
+    def pct(mean: float | None, std: float | None) -> str:
+        if mean is None:
+            return "—"
+        return f"{mean:.1%}" + (f" ± {std:.1%}" if std is not None else "")
+
+    rows = [{
+        "teacher · method": g.name + ("  (best)" if g.best else ""), "runs": g.n,
+        "val acc": pct(g.val_mean, g.val_std), "test acc": pct(g.test_mean, g.test_std),
+        "Δ val vs ce [95% interval]": (f"{g.vs_ce.value:+.1%} [{g.vs_ce.low:+.1%}, {g.vs_ce.high:+.1%}]"
+                                       if g.vs_ce else ("baseline" if g.method == "ce" else "no ce run yet")),
+        "verdict": g.vs_ce.label if g.vs_ce else "",
+    } for g in comparison.groups]
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+    if comparison.test_note:
+        st.caption(comparison.test_note)
+    base = comparison.baseline
     chart, _ = st.columns([3, 2])
     with chart:
-        st.plotly_chart(run_comparison([{"label": r["run"], "val_acc": r["val_acc"], "baseline": r["method"] == "ce"}
-                                        for r in rows], baseline=baselines[-1] if baselines else None),
-                        key="dist_compare")
+        st.plotly_chart(run_comparison(
+            [{"label": f"{g.name} (n={g.n})", "val_acc": g.val_mean, "error": g.val_std, "baseline": g.method == "ce"}
+             for g in comparison.groups], baseline=base.val_mean if base else None), key="dist_compare")
 
 
 def _history(jobs: list[JobSnapshot]) -> None:
@@ -256,5 +283,7 @@ if downloadable:
     except ScdError as exc:
         ui.show_error(exc)
     else:
-        st.download_button("Download student (.zip)", data, file_name=f"student-{choice}.zip",
+        stem = slug(f"student-{job.meta.get('method')}-{job.meta.get('teacher') or 'no-teacher'}-"
+                    f"{job.meta.get('target') or target.name}-seed{job.meta.get('seed', 0)}")
+        st.download_button("Download student (.zip)", data, file_name=f"{stem}.zip",
                            mime="application/zip", key="w_dist_zip", icon=":material/download:")

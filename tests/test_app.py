@@ -137,11 +137,16 @@ def test_demo_flow_end_to_end():
     at.multiselect(key="w_dist_methods").set_value(["scd", "ce"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
     at.number_input(key="w_dist_epochs").set_value(1)
+    at.number_input(key="w_dist_seeds").set_value(1)
     button(at, "Start runs").click()
     clean(at.run())
     wait_for_runs(at)
     assert not errors(at)
     assert "Compare against the ce baseline" in headers(at) and "Run history (this session)" in headers(at)
+    compared = next(df.value for df in at.dataframe if "Δ val vs ce [95% interval]" in df.value.columns)
+    scd_row = compared[compared["teacher · method"].str.startswith("scd ← near_identical")].iloc[0]
+    assert scd_row["runs"] == 1 and "validation images, one image = " in scd_row["verdict"]
+    assert any("Single-seed runs" in w.value for w in at.warning)  # the interval covers the split's noise only
     history = at.dataframe[-1].value
     assert sorted(history["status"]) == ["finished", "finished"]
     assert any("validation accuracy" in spec for spec in plotly_specs(at))  # training curves
@@ -237,6 +242,7 @@ def test_kd_with_another_label_space_shows_the_engine_message():
     at.multiselect(key="w_dist_methods").set_value(["kd"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
     at.number_input(key="w_dist_epochs").set_value(1)
+    at.number_input(key="w_dist_seeds").set_value(1)
     button(at, "Start runs").click()
     clean(at.run())
     wait_for_runs(at)
@@ -251,6 +257,7 @@ def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
     alice.multiselect(key="w_dist_methods").set_value(["ce"])
     alice.selectbox(key="w_dist_student").set_value("test_resnet")
     alice.number_input(key="w_dist_epochs").set_value(1)
+    alice.number_input(key="w_dist_seeds").set_value(1)
     button(alice, "Start runs").click()
     clean(alice.run())
 
@@ -291,7 +298,9 @@ def test_a_run_is_cancelled_from_the_page():
     at.multiselect(key="w_dist_methods").set_value(["ce"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
     at.number_input(key="w_dist_epochs").set_value(400)
+    at.number_input(key="w_dist_seeds").set_value(1)
     at.number_input(key="w_dist_batch").set_value(4)
+    at.number_input(key="w_dist_seeds").set_value(1)
     button(at, "Start runs").click()
     clean(at.run())
     store, sid = default_store(), at.session_state["scd_session"]
@@ -329,6 +338,7 @@ def test_a_reload_with_the_session_link_returns_to_the_uploads_and_runs(tmp_path
     at.multiselect(key="w_dist_methods").set_value(["ce"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
     at.number_input(key="w_dist_epochs").set_value(1)
+    at.number_input(key="w_dist_seeds").set_value(1)
     button(at, "Start runs").click()
     clean(at.run())
 

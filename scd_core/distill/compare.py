@@ -248,3 +248,41 @@ def kfold_targets(target: TargetSet, k: int, seed: int = 0) -> list[TargetSet]:
                  for it in target.items]
         folds.append(replace(target, items=items, name=f"{target.name} (fold {i + 1}/{k})"))
     return folds
+
+
+# About 24 CPU-seconds for the default 15-epoch run over the shapes demo's 348-image pool on this project's
+# 2-core benchmark machine (benchmarks/results/distill.md): the fallback before a session has timed runs.
+DEFAULT_SECONDS_PER_IMAGE_EPOCH = 0.0045
+SHORT_ENOUGH_FOR_SEEDS_S = 180.0  # default to 3 seeds when all of them fit in about three minutes
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """How long one run should take, and how the figure was obtained."""
+
+    seconds: float
+    basis: str  # "this session's runs" or "the benchmark machine"
+
+
+def estimate_run_seconds(past: Iterable[tuple[float, int, int]], images: int, epochs: int) -> RunEstimate:
+    """Seconds for one run over ``images`` training images for ``epochs`` epochs.
+
+    ``past`` holds ``(seconds, images, epochs)`` of finished runs; their median seconds per image-epoch
+    is used when there is one, otherwise :data:`DEFAULT_SECONDS_PER_IMAGE_EPOCH`.
+    """
+    rates = [s / (n * e) for s, n, e in past if s > 0 and n > 0 and e > 0]
+    if rates:
+        return RunEstimate(float(np.median(rates)) * images * epochs, "this session's runs")
+    return RunEstimate(DEFAULT_SECONDS_PER_IMAGE_EPOCH * images * epochs, "the benchmark machine (2 CPU cores)")
+
+
+def default_seed_count(per_run_s: float, runs: int) -> int:
+    """3 seeds when ``runs`` runs of 3 seeds each take at most :data:`SHORT_ENOUGH_FOR_SEEDS_S`, else 1."""
+    return 3 if per_run_s * runs * 3 <= SHORT_ENOUGH_FOR_SEEDS_S else 1
+
+
+def job_record(job) -> RunRecord:
+    """:func:`record_from_job` for a job-store snapshot (an object with id, meta, result, status, times)."""
+    status = getattr(job.status, "value", job.status)
+    return record_from_job({"id": job.id, "meta": job.meta, "result": job.result, "status": status,
+                            "started": job.started, "created": job.created})
