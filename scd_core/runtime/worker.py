@@ -235,9 +235,9 @@ def teacher_spec_from_json(data: dict | None):
 
 def _distill_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: threading.Event,
                     device_index: int | None) -> tuple[JobStatus, dict]:
-    from scd_core.data.targets import load_target
     from scd_core.distill.trainer import DistillConfig, distill
     from scd_core.runtime import workspace
+    from scd_core.sources import load_target  # resolves demo:WORLD as well as paths
 
     p = job.params
     extract = p.get("extract_dir")
