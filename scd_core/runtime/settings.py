@@ -5,7 +5,7 @@ resolved for this machine.
 - ``SCD_WORKERS``: worker processes training at once; auto: one per GPU (each its own device), else 1
   (on CPUs one worker with every core trains as fast as several that split them, and leaves the UI's
   process responsive);
-- ``SCD_TORCH_THREADS``: torch threads per worker; auto: CPU cores / workers;
+- ``SCD_TORCH_THREADS``: torch threads per worker; auto: (CPU cores - 1) / workers, at least 1;
 - ``SCD_SESSION_MAX_RUNNING``: running jobs per session; auto: workers - 1, at least 1;
 - ``SCD_SESSION_TTL_S``: idle seconds after which a session and its files are deleted (7 days).
 """
@@ -37,7 +37,9 @@ def read_settings() -> RuntimeSettings:
     """The runtime settings of the current environment (a bad value is an ScdError naming the variable)."""
     config = config_settings()
     workers = config.workers or max(1, _gpus())
-    threads = config.torch_threads or max(1, (os.cpu_count() or 1) // workers)
+    # one core stays with the server: workers whose OpenMP threads compete with the UI's reruns spin at every
+    # barrier (a 30-step run took 43x longer with 2 threads on 2 cores while its page was watched, 1.06x with 1)
+    threads = config.torch_threads or max(1, ((os.cpu_count() or 1) - 1) // workers)
     limit = config.session_max_running or max(1, workers - 1)
     return RuntimeSettings(config.executor, workers, threads, limit, config.session_ttl_s)
 
