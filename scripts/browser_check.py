@@ -188,7 +188,7 @@ def run_runtime(args: argparse.Namespace) -> int:
             epochs = page.get_by_label("Epochs")
             epochs.fill(str(args.runtime_epochs))
             epochs.press("Tab")
-            seeds = page.get_by_label("Seeds per run")
+            seeds = page.get_by_role("spinbutton", name="Seeds per run")
             seeds.fill("1")
             seeds.press("Tab")
             d.click_button("Start runs")

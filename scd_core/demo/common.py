@@ -138,6 +138,19 @@ class Family(Protocol):
     def sampler(self, cfg: SizeConfig, seed: int) -> Sampler: ...
 
 
+class FamilyBase:
+    """What every family shares: its teacher zoo (``_teachers``) and its sizes (``configs``)."""
+
+    _teachers: list[Teacher]
+    configs: dict[str, SizeConfig]
+
+    def teachers(self) -> list[Teacher]:
+        return list(self._teachers)
+
+    def config(self, size: str) -> SizeConfig:
+        return self.configs[size]
+
+
 def make_teacher(name: str, arch: str, classes: list[tuple[str, Any]], description: str, usefulness: str,
                  why: str, **kw: Any) -> Teacher:
     """A teacher from (label, class definition) pairs."""

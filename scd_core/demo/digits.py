@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scd_core.demo.common import SizeConfig, Teacher, make_teacher, seed_rng
+from scd_core.demo.common import FamilyBase, SizeConfig, Teacher, make_teacher, seed_rng
 
 _DIGITS_TARGET = (0, 1, 2, 3, 4, 5)
 _CURVED = (0, 2, 3, 5, 6, 8, 9)
@@ -121,7 +121,7 @@ INTRO = (
 )
 
 
-class DigitsFamily:
+class DigitsFamily(FamilyBase):
     """Digits worlds: a target digit set, a teacher zoo (classes are groups of digits), and sizes."""
 
     def __init__(self, name: str = "digits", target: Sequence[int] = _DIGITS_TARGET,
@@ -134,12 +134,6 @@ class DigitsFamily:
 
     def target_classes(self) -> list[str]:
         return [_digit_label(d) for d in self.target]
-
-    def teachers(self) -> list[Teacher]:
-        return list(self._teachers)
-
-    def config(self, size: str) -> SizeConfig:
-        return self.configs[size]
 
     def sampler(self, cfg: SizeConfig, seed: int) -> DigitsSampler:
         return DigitsSampler(self, cfg, seed)

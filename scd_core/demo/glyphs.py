@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scd_core.demo.common import SizeConfig, Teacher, seed_rng
+from scd_core.demo.common import FamilyBase, SizeConfig, Teacher, seed_rng
 from scd_core.errors import ScdError
 
 LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -112,7 +112,7 @@ def _sample(classes: Sequence[GlyphClass], n: int, rng: np.random.Generator) -> 
     return letter, style, labels
 
 
-class GlyphsFamily:
+class GlyphsFamily(FamilyBase):
     """Glyph worlds: a target of letter classes, a teacher zoo over letters and styles, and sizes."""
 
     intro_default = ("**Target**: capital letters rendered from installed fonts in four type styles, warped, "
@@ -128,12 +128,6 @@ class GlyphsFamily:
 
     def target_classes(self) -> list[str]:
         return list(self.labels)
-
-    def teachers(self) -> list[Teacher]:
-        return list(self._teachers)
-
-    def config(self, size: str) -> SizeConfig:
-        return self.configs[size]
 
     def sampler(self, cfg: SizeConfig, seed: int) -> GlyphsSampler:
         return GlyphsSampler(self, cfg, seed)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from scd_core.demo.common import SizeConfig, Teacher, make_teacher, seed_rng
+from scd_core.demo.common import FamilyBase, SizeConfig, Teacher, make_teacher, seed_rng
 
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 COLOURS = ("red", "green", "blue", "yellow", "purple")
@@ -259,7 +259,7 @@ INTRO = (
 )
 
 
-class ShapesFamily:
+class ShapesFamily(FamilyBase):
     """Shapes worlds: a target of attribute constraints, a teacher zoo, and sizes.
 
     ``target`` holds one (colour, shape[, pattern]) tuple of names per class, None meaning any.
@@ -275,12 +275,6 @@ class ShapesFamily:
 
     def target_classes(self) -> list[str]:
         return [_shape_label(*t) for t in self.target]
-
-    def teachers(self) -> list[Teacher]:
-        return list(self._teachers)
-
-    def config(self, size: str) -> SizeConfig:
-        return self.configs[size]
 
     def sampler(self, cfg: SizeConfig, seed: int) -> ShapesSampler:
         return ShapesSampler(self, cfg, seed)
