@@ -30,3 +30,11 @@ def die_once(arg: tuple[int, str]) -> int:
 def always_die(x: int) -> int:
     os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+def main_module_file() -> str | None:
+    """What the worker imported as its ``__main__`` (None when nothing)."""
+    import sys
+
+    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+    return getattr(main, "__file__", None)

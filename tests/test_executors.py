@@ -40,3 +40,20 @@ def test_worker_that_always_dies_is_reported_failed_and_others_kept():
 def test_unknown_executor_is_a_clear_error():
     with pytest.raises(ScdError, match="unknown executor 'nope'"):
         get_executor("nope")
+
+
+def test_a_page_running_as_main_is_not_executed_by_new_workers(tmp_path, monkeypatch):
+    """Streamlit runs each page as ``__main__``; a worker started meanwhile must not run that page."""
+    import sys
+    import types
+
+    marker = tmp_path / "page-ran"
+    page = tmp_path / "page.py"
+    page.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(page)  # what streamlit's script runner installs while a page runs
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    with LocalExecutor(workers=1) as ex:
+        assert ex.submit(executor_tasks.main_module_file).result(timeout=120) != str(page)
+    assert not marker.exists()
+    assert sys.modules["__main__"] is fake  # restored for the page's own thread

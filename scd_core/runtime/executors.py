@@ -19,10 +19,14 @@ results even when one failed: a failure is a :class:`TaskOutcome` with the item'
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
+import sys
+import threading
+import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -141,6 +145,33 @@ def _init_worker(torch_threads: int) -> None:
     torch.set_num_threads(torch_threads)
 
 
+_MAIN_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def _script_main_hidden() -> Iterator[None]:
+    """Start worker processes without the script that happens to be ``__main__`` in this thread's process.
+
+    A spawned worker imports the parent's ``__main__`` from its file. Streamlit runs every page as
+    ``__main__`` (its file is the page, not the program that was started), so a worker started while a
+    page runs would execute that page: app code, a second dispatcher, in a process that only needs the
+    task's own module. When ``__main__`` is not the program itself (``sys.argv[0]``), workers start with
+    an empty ``__main__``; a plain script's ``__main__`` is kept (its functions may be the tasks).
+    """
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    program = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or getattr(main, "__spec__", None) is not None or os.path.abspath(script) == program:
+        yield
+        return
+    with _MAIN_SWAP:
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
+
+
 @dataclass
 class LocalExecutor(Executor):
     """Worker processes on this machine (``spawn``), ``workers`` at once, ``torch_threads`` each."""
@@ -164,11 +195,12 @@ class LocalExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, resources: Resources | None = None,
                **kwargs: Any) -> cf.Future:
-        try:
-            inner = self._ensure_pool().submit(fn, *args, **kwargs)
-        except cf.process.BrokenProcessPool:  # an earlier worker death broke the pool: start a fresh one
-            self._pool = None
-            inner = self._ensure_pool().submit(fn, *args, **kwargs)
+        with _script_main_hidden():  # submit may start worker processes
+            try:
+                inner = self._ensure_pool().submit(fn, *args, **kwargs)
+            except cf.process.BrokenProcessPool:  # an earlier worker death broke the pool: start a fresh one
+                self._pool = None
+                inner = self._ensure_pool().submit(fn, *args, **kwargs)
         outer: cf.Future = cf.Future()
 
         def relay(f: cf.Future) -> None:
