@@ -43,7 +43,7 @@ def test_unknown_executor_is_a_clear_error():
 
 
 def test_a_page_running_as_main_is_not_executed_by_new_workers(tmp_path, monkeypatch):
-    """Streamlit runs each page as ``__main__``; a worker started meanwhile must not run that page."""
+    """Streamlit runs each page as ``__main__``; a server's worker started meanwhile must not run that page."""
     import sys
     import types
 
@@ -53,7 +53,7 @@ def test_a_page_running_as_main_is_not_executed_by_new_workers(tmp_path, monkeyp
     fake = types.ModuleType("__main__")
     fake.__file__ = str(page)  # what streamlit's script runner installs while a page runs
     monkeypatch.setitem(sys.modules, "__main__", fake)
-    with LocalExecutor(workers=1) as ex:
+    with LocalExecutor(workers=1, import_main=False) as ex:  # how the app's dispatcher starts its workers
         assert ex.submit(executor_tasks.main_module_file).result(timeout=120) != str(page)
     assert not marker.exists()
     assert sys.modules["__main__"] is fake  # restored for the page's own thread

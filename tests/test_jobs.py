@@ -329,3 +329,8 @@ def _alive(pid: int) -> bool:
     from scd_core.runtime.jobs import _pid_alive
 
     return _pid_alive(pid)
+
+
+def test_the_dispatchers_workers_never_import_the_page_running_as_main(dispatch):
+    executor = dispatch.slots[0].ensure()
+    assert executor.import_main is False  # a worker started while a page runs must not execute that page

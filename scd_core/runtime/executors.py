@@ -149,23 +149,20 @@ _MAIN_SWAP = threading.Lock()
 
 
 @contextlib.contextmanager
-def _script_main_hidden() -> Iterator[None]:
-    """Start worker processes without the script that happens to be ``__main__`` in this thread's process.
+def _main_hidden(hide: bool) -> Iterator[None]:
+    """While ``hide``, worker processes start with an empty ``__main__`` instead of importing the parent's.
 
-    A spawned worker imports the parent's ``__main__`` from its file. Streamlit runs every page as
-    ``__main__`` (its file is the page, not the program that was started), so a worker started while a
-    page runs would execute that page: app code, a second dispatcher, in a process that only needs the
-    task's own module. When ``__main__`` is not the program itself (``sys.argv[0]``), workers start with
-    an empty ``__main__``; a plain script's ``__main__`` is kept (its functions may be the tasks).
+    A spawned worker imports the parent's ``__main__`` by its file so that tasks defined there unpickle.
+    In a Streamlit server ``__main__`` is whichever page is running at that moment, so a worker started
+    then would execute the page: app code and a second dispatcher, in a process that needs nothing but
+    the task's own module.
     """
-    main = sys.modules.get("__main__")
-    script = getattr(main, "__file__", None)
-    program = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is None or getattr(main, "__spec__", None) is not None or os.path.abspath(script) == program:
+    if not hide:
         yield
         return
     with _MAIN_SWAP:
-        sys.modules["__main__"] = types.ModuleType("__main__")
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no file, no spec: nothing to import
         try:
             yield
         finally:
@@ -174,10 +171,15 @@ def _script_main_hidden() -> Iterator[None]:
 
 @dataclass
 class LocalExecutor(Executor):
-    """Worker processes on this machine (``spawn``), ``workers`` at once, ``torch_threads`` each."""
+    """Worker processes on this machine (``spawn``), ``workers`` at once, ``torch_threads`` each.
+
+    ``import_main=False`` starts the workers without the parent's ``__main__`` (a server whose tasks live
+    in importable modules); the default keeps it, so a script's own functions can be tasks.
+    """
 
     workers: int = 1
     torch_threads: int = 1
+    import_main: bool = True
     _pool: cf.ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
 
     name: ClassVar[str] = "local"
@@ -195,7 +197,7 @@ class LocalExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, resources: Resources | None = None,
                **kwargs: Any) -> cf.Future:
-        with _script_main_hidden():  # submit may start worker processes
+        with _main_hidden(not self.import_main):  # submit may start worker processes
             try:
                 inner = self._ensure_pool().submit(fn, *args, **kwargs)
             except cf.process.BrokenProcessPool:  # an earlier worker death broke the pool: start a fresh one

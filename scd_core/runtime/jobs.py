@@ -107,7 +107,8 @@ class Dispatcher:
     def __post_init__(self) -> None:
         def factory() -> Executor:
             if self.config.executor == "local":  # one process per slot, so a dying worker takes only its job
-                return get_executor("local", workers=1, torch_threads=self.config.torch_threads)
+                # the server's __main__ is whichever page runs: workers must not import it
+                return get_executor("local", workers=1, torch_threads=self.config.torch_threads, import_main=False)
             return get_executor(self.config.executor, cpus_per_task=self.config.torch_threads)
 
         self.slots = [_Slot("train", i, factory) for i in range(self.config.workers)]
