@@ -144,6 +144,7 @@ page = st.navigation([
     st.Page("pages/transport_plans.py", title="Transport plans", icon=":material/grid_on:"),
     st.Page("pages/distill.py", title="Distill", icon=":material/science:"),
 ])
+ui.open_requested_page()
 try:
     page.run()
 except Exception as exc:  # st.stop and st.rerun are BaseExceptions and pass through

@@ -37,6 +37,7 @@ METHOD_HELP = {
     "ce": "labels only: the baseline without a teacher",
 }
 
+ui.through_app("pages/distill.py")
 st.title("Distill")
 st.markdown(
     "Train a small student from scratch on your labeled images (and the unlabeled ones, through the teacher). "

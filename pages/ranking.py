@@ -10,6 +10,7 @@ from scd_core.assess.metrics import DEFAULT_METRICS, METRICS
 from scd_core.assess.ranking import Ranking, rank
 from scd_core.viz.figures import direction_label, ranking_bar, sort_ranking
 
+ui.through_app("pages/ranking.py")
 st.title("Ranking")
 st.markdown(
     "Each teacher runs once over the labeled train and val images; every metric comes from that pass. "

@@ -16,6 +16,7 @@ from scd_core.runtime.session import (
 )
 from scd_core.teachers.repository import spec_from_hub
 
+ui.through_app("pages/teachers.py")
 st.title("Teachers")
 st.markdown(
     "Pre-trained classifiers in the Hugging Face / timm folder layout (`config.json` with `architecture`, "

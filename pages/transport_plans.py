@@ -9,6 +9,7 @@ from scd_core import ScdError
 from scd_core.ot.costs import COSTS
 from scd_core.viz.figures import ROW_ORDERS, class_sources, image_flow, matrix_heatmap
 
+ui.through_app("pages/transport_plans.py")
 st.title("Transport plans")
 st.markdown(
     "The **plan** G moves the teacher's mean prediction onto the target's label frequencies at the least "

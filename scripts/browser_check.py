@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -193,7 +194,7 @@ def run_runtime(args: argparse.Namespace) -> int:
             seeds.press("Tab")
             d.click_button("Start runs")
             d.wait_text("Running (1)", timeout=120)
-            page.get_by_text("epoch 1/").first.wait_for(timeout=300_000)
+            page.get_by_text(re.compile(r"epoch \d+/")).first.wait_for(timeout=300_000)  # any epoch of the run
             url = page.url
             checks["session id in the address"] = "s=" in url
             d.shot("runtime_1_running", f"a run in progress; address {url.split('?')[-1][:12]}...")
@@ -222,6 +223,8 @@ def run_runtime(args: argparse.Namespace) -> int:
             d.idle()
             checks["finished run and student download after a server restart"] = \
                 page.get_by_text("Run history (this session)").count() > 0
+            # a deep link to a cold server opens inside the app's frame (its sidebar), not the page alone
+            checks["deep link after a restart opens inside the app"] = page.get_by_text("Device in use").count() > 0
             with page.expect_download(timeout=60_000) as info:
                 page.get_by_role("button", name="Download student (.zip)").first.click()
             saved = tmp / "student.zip"

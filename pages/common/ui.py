@@ -158,6 +158,31 @@ def show_error(exc: BaseException, prefix: str = "") -> None:
     st.error(f"{prefix}{message}" if prefix else message, icon=":material/block:")
 
 
+FRAME_FLAG = "_scd_frame"  # set by app.py on every run: this session's pages run inside the app's frame
+_OPEN_AFTER_FRAME = "_scd_open"
+
+
+def through_app(page: str) -> None:
+    """Serve ``page`` inside the app's frame (sidebar, session, settings check).
+
+    A deep link to a page of a server that has not run ``app.py`` yet is served by Streamlit's legacy
+    ``pages/`` mode, which runs the page alone; such a run goes through ``app.py`` first, which then
+    opens the page again with the same link parameters (the session id among them).
+    """
+    if st.session_state.get(FRAME_FLAG):
+        return
+    st.session_state[_OPEN_AFTER_FRAME] = page
+    st.switch_page("app.py", query_params=st.query_params.to_dict())
+
+
+def open_requested_page() -> None:
+    """Called by ``app.py`` once ``st.navigation`` is set up: open the page a deep link asked for."""
+    st.session_state[FRAME_FLAG] = True
+    page = st.session_state.pop(_OPEN_AFTER_FRAME, None)
+    if page:
+        st.switch_page(page, query_params=st.query_params.to_dict())
+
+
 def setup_app() -> None:
     """Run by ``app.py`` before every page: page config, settings check, session registration and the sidebar."""
     st.set_page_config(page_title="SCD explorer", page_icon=":material/hub:", layout="wide")
