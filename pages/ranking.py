@@ -55,7 +55,8 @@ if submitted:
         bar = st.progress(0.0, text="Starting…")
         try:
             ranking = rank(target, repo, teachers=teachers, metrics=metrics, budget=budget_value, device=ui.device(),
-                           progress=ui.progress_callback(bar), executor=cluster.executor())
+                           progress=ui.progress_callback(bar),
+                           executor=cluster.executor(len(target.assessment_items), len(teachers)))
         except Exception as exc:  # input feedback, or a bug's internal-error note
             bar.empty()
             ui.show_error(exc, "Ranking failed: ")

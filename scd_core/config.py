@@ -58,6 +58,7 @@ class Settings:
     torch_threads: int | None
     session_max_running: int | None
     session_ttl_s: float
+    rank_in_workers_above: int
     ray_address: str | None
 
 
@@ -196,6 +197,9 @@ FIELDS: tuple[Field, ...] = (
           "running jobs one session may hold (no session can hold every worker)", "auto: workers - 1, at least 1"),
     Field("session_ttl_s", "SCD_SESSION_TTL_S", _number(1.0), 7 * 24 * 3600.0, "a number of seconds >= 1",
           "an app session idle this long, with no active job, is deleted with its files", "604800 (7 days)"),
+    Field("rank_in_workers_above", "SCD_RANK_IN_WORKERS_ABOVE", _integer(0), 20_000, "a whole number >= 0",
+          "an app ranking of more images x teachers than this runs in worker processes, one task per teacher, "
+          "not in the server (0: always)", "20,000"),
     Field("ray_address", "RAY_ADDRESS", _text, None, "a Ray cluster address (the Ray convention)",
           "cluster of the `ray` executor", "a local Ray instance"),
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import make_teacher, make_zip, write_image, write_image_folder, zip_bytes
 from streamlit.testing.v1 import AppTest
@@ -360,3 +361,31 @@ def test_a_reload_with_the_session_link_returns_to_the_uploads_and_runs(tmp_path
     clean(stranger.run())
     assert stranger.session_state["scd_session"] not in (sid, "x" * 32)
     assert "Target set: demo world 'shapes'" in headers(stranger)
+
+
+def test_a_large_ranking_runs_in_worker_processes_with_the_same_scores(monkeypatch):
+    from pages.common import cluster
+    from scd_core.assess.ranking import rank
+
+    started = []
+    real_get_executor = cluster.get_executor
+
+    def recording(name, **options):
+        started.append((name, options))
+        return real_get_executor(name, **options)
+
+    monkeypatch.setattr(cluster, "get_executor", recording)
+    monkeypatch.setenv("SCD_RANK_IN_WORKERS_ABOVE", "0")  # every ranking counts as large
+    cluster._local_executor.clear()
+    at = clean(new_app().run())
+    at.switch_page("pages/ranking.py")
+    clean(at.run())
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    assert not errors(at)
+    assert started and started[0][0] == "local" and started[0][1]["import_main"] is False
+    shown = at.dataframe[0].value
+    here = rank("demo:shapes", "demo:shapes").table()
+    assert list(shown.index) == list(here.index)  # same order as in the server process
+    assert np.allclose(shown["scd ↑"].to_numpy(float), here["scd"].to_numpy(float), atol=1e-6)
+    cluster._local_executor.clear()

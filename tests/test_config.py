@@ -48,6 +48,7 @@ PARSED = [
     ("SCD_TORCH_THREADS", "2", 2),
     ("SCD_SESSION_MAX_RUNNING", "1", 1),
     ("SCD_SESSION_TTL_S", "0.5e4", 5000.0),
+    ("SCD_RANK_IN_WORKERS_ABOVE", "0", 0),
     ("RAY_ADDRESS", "ray://head:10001", "ray://head:10001"),
 ]
 
@@ -62,7 +63,7 @@ REFUSED = [
     ("SCD_MAX_IMAGE_PIXELS", "0"), ("SCD_ARCHIVE_MAX_BYTES", "0"), ("SCD_ARCHIVE_MAX_FILES", "many"),
     ("SCD_ARCHIVE_MAX_RATIO", "0"), ("SCD_MAX_TEACHER_CLASSES", "-5"),
     ("SCD_EXECUTOR", "dask"), ("SCD_WORKERS", "0"), ("SCD_TORCH_THREADS", "many"),
-    ("SCD_SESSION_MAX_RUNNING", "-1"), ("SCD_SESSION_TTL_S", "soon"),
+    ("SCD_SESSION_MAX_RUNNING", "-1"), ("SCD_SESSION_TTL_S", "soon"), ("SCD_RANK_IN_WORKERS_ABOVE", "-1"),
 ]
 
 
@@ -93,7 +94,7 @@ def test_defaults():
         cache_max_bytes=20 * GiB, device="auto", demo_size="full", demo_world="shapes", allow_server_paths=False,
         teachers=(), max_image_pixels=64_000_000, archive_max_bytes=2 * GiB, archive_max_files=100_000,
         archive_max_ratio=200.0, max_teacher_classes=100_000, executor="local", workers=None, torch_threads=None,
-        session_max_running=None, session_ttl_s=7 * 24 * 3600.0, ray_address=None)
+        session_max_running=None, session_ttl_s=7 * 24 * 3600.0, rank_in_workers_above=20_000, ray_address=None)
     assert parse_settings({"SCD_DEVICE": "  ", "SCD_WORKERS": ""}) == DEFAULTS  # empty counts as unset
 
 

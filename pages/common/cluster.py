@@ -22,9 +22,24 @@ def _ray_executor() -> Executor:
     return get_executor("ray")  # one connection for the whole server, shared by every session
 
 
-def executor() -> Executor | None:
-    """The Ray executor when the operator asked for one, else None (run here). Raises ScdError if unreachable."""
-    return _ray_executor() if wants_cluster() else None
+@st.cache_resource(show_spinner=False)
+def _local_executor(workers: int, torch_threads: int) -> Executor:
+    # one pool for the whole server; its workers never import the page that is __main__
+    return get_executor("local", workers=workers, torch_threads=torch_threads, import_main=False)
+
+
+def executor(images: int = 0, teachers: int = 0) -> Executor | None:
+    """Where a ranking of ``images`` x ``teachers`` runs: the Ray cluster when the operator asked for one,
+    worker processes when it is large (``SCD_RANK_IN_WORKERS_ABOVE``), else None (here, it is quick).
+    Raises ScdError if the cluster is unreachable."""
+    if wants_cluster():
+        return _ray_executor()
+    if images * teachers > settings().rank_in_workers_above:
+        from scd_core.runtime.settings import read_settings
+
+        runtime = read_settings()
+        return _local_executor(runtime.workers, runtime.torch_threads)
+    return None
 
 
 def sidebar_cluster() -> None:
