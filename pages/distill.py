@@ -76,7 +76,8 @@ with st.form("distill_form"):
     with right:
         seed = st.number_input("First seed", 0, 10_000, key="w_dist_seed", **ui.PERSIST)
         pool = len(target.split("train")) + len(target.split("unlabeled"))
-        past = [(j.elapsed, int(j.meta.get("pool") or 0), len(j.history)) for j in store.jobs(sid, kind="distill")
+        past = [(j.elapsed, int(j.meta.get("pool") or 0), int(j.meta.get("epochs") or 0))  # finished: every epoch
+                for j in store.jobs(sid, kind="distill", history=False)
                 if j.status == JobStatus.FINISHED and j.meta.get("target_fp") == target.fingerprint]
         estimate = estimate_run_seconds(past, pool, int(st.session_state.get("w_dist_epochs", 15)))
         planned = max(1, len(st.session_state.get("w_dist_methods", ["scd", "ce"])))

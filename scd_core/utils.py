@@ -1,7 +1,13 @@
-"""Tiny helpers shared across the engine: JSON-safe floats, float64 arrays, file-name slugs."""
+"""Tiny helpers shared across the engine: JSON-safe floats, float64 arrays, file-name slugs, folder swaps."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,8 +15,12 @@ import torch
 
 
 def finite_or_none(x: Any) -> float | None:
-    """``float(x)``, or None when it is NaN or infinite (JSON has no NaN)."""
-    return float(x) if np.isfinite(x) else None
+    """``float(x)``, or None when it is NaN, infinite or not a number at all (JSON has no NaN)."""
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def as_float64(x: Any, *, name: str = "array", ndim: int | None = None, finite: bool = False) -> np.ndarray:
@@ -34,3 +44,24 @@ def slug(text: str, max_len: int | None = None, default: str = "item") -> str:
     becomes one ``-`` (none at either end); at most ``max_len`` characters; ``default`` when nothing is left."""
     words = "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
     return "-".join(words)[:max_len].strip("-") or default
+
+
+@contextlib.contextmanager
+def replacing_folder(final: Path, tag: str = "tmp") -> Iterator[Path]:
+    """A temporary sibling folder of ``final`` (``.<name>.<tag>-*``) to fill; it becomes ``final`` in one
+    rename when the block ends, replacing any folder there (moved aside first as ``.<name>.old-*``), and
+    is removed when the block fails: readers see ``final`` complete or not at all."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            final.rename(old / "previous")
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from scd_core.errors import ScdError
-from scd_core.utils import slug
+from scd_core.utils import replacing_folder, slug
 
 VERSION = 1
 MANIFEST_NAME = "world.json"
@@ -149,6 +147,19 @@ class FamilyBase:
 
     def config(self, size: str) -> SizeConfig:
         return self.configs[size]
+
+
+def affine_thetas(scale: np.ndarray, rot: np.ndarray, shear: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    r"""(n, 2, 3) matrices for ``torch.nn.functional.affine_grid``: per image
+    :math:`\begin{pmatrix} s\cos r & -s\sin r + h & t_x \\ s\sin r & s\cos r & t_y \end{pmatrix}`
+    (scale s > 1 zooms out, rotation r, shear h, shift t)."""
+    theta = np.zeros((scale.shape[0], 2, 3))
+    theta[:, 0, 0] = scale * np.cos(rot)
+    theta[:, 0, 1] = -scale * np.sin(rot) + shear
+    theta[:, 1, 0] = scale * np.sin(rot)
+    theta[:, 1, 1] = scale * np.cos(rot)
+    theta[:, :, 2] = shift
+    return theta
 
 
 def make_teacher(name: str, arch: str, classes: list[tuple[str, Any]], description: str, usefulness: str,
@@ -387,21 +398,9 @@ def build_atomically(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> N
     """
     if out_dir.exists() and not (out_dir.is_dir() and (is_world(out_dir) or not any(out_dir.iterdir()))):
         raise ScdError(f"{out_dir} already exists and is not a demo world; choose another output folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
+    with replacing_folder(out_dir, "building") as tmp:
         manifest = fill(tmp)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(trash / "world")
-            tmp.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

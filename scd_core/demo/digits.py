@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scd_core.demo.common import FamilyBase, SizeConfig, Teacher, make_teacher, seed_rng
+from scd_core.demo.common import FamilyBase, SizeConfig, Teacher, affine_thetas, make_teacher, seed_rng
 
 _DIGITS_TARGET = (0, 1, 2, 3, 4, 5)
 _CURVED = (0, 2, 3, 5, 6, 8, 9)
@@ -76,12 +76,7 @@ def render_digits(src: np.ndarray, rng: np.random.Generator, image: int) -> np.n
     rot = rng.uniform(-0.17, 0.17, n)
     shift = rng.uniform(-0.1, 0.1, (n, 2))
     shear = rng.uniform(-0.12, 0.12, n)
-    theta = np.zeros((n, 2, 3))
-    theta[:, 0, 0] = scale * np.cos(rot)
-    theta[:, 0, 1] = -scale * np.sin(rot) + shear
-    theta[:, 1, 0] = scale * np.sin(rot)
-    theta[:, 1, 1] = scale * np.cos(rot)
-    theta[:, :, 2] = shift
+    theta = affine_thetas(scale, rot, shear, shift)
     paper = np.clip(rng.uniform(0.8, 0.97, (n, 1)) + rng.normal(0, 0.025, (n, 3)), 0, 1)
     ink = np.clip(np.array([0.1, 0.1, 0.25]) * rng.uniform(0.4, 1.6, (n, 1)) + rng.normal(0, 0.04, (n, 3)), 0, 1)
     ruled = rng.random(n) < 0.5

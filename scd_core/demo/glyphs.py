@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scd_core.demo.common import FamilyBase, SizeConfig, Teacher, seed_rng
+from scd_core.demo.common import FamilyBase, SizeConfig, Teacher, affine_thetas, seed_rng
 from scd_core.errors import ScdError
 
 LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -68,12 +68,7 @@ def render_glyphs(letter: np.ndarray, style: np.ndarray, rng: np.random.Generato
     rot = rng.uniform(-0.25, 0.25, n)
     shear = rng.uniform(-0.15, 0.15, n)
     shift = rng.uniform(-0.12, 0.12, (n, 2))
-    theta = np.zeros((n, 2, 3))
-    theta[:, 0, 0] = scale * np.cos(rot)
-    theta[:, 0, 1] = -scale * np.sin(rot) + shear
-    theta[:, 1, 0] = scale * np.sin(rot)
-    theta[:, 1, 1] = scale * np.cos(rot)
-    theta[:, :, 2] = shift
+    theta = affine_thetas(scale, rot, shear, shift)
     paper = np.clip(rng.uniform(0.6, 0.98, (n, 1)) + rng.normal(0, 0.08, (n, 3)), 0, 1)
     ink = np.clip(rng.uniform(0.0, 0.45, (n, 1)) + rng.normal(0, 0.12, (n, 3)), 0, 1)
     ruled = rng.random(n) < 0.4

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import stats
 
 from scd_core.data.targets import TargetSet
+from scd_core.utils import finite_or_none
 
 FINISHED = "finished"
 SMALL_VALIDATION = 50  # fewer validation images than this: accuracy moves in steps of >= 2 points
@@ -77,7 +78,7 @@ def record_from_job(job: Mapping) -> RunRecord:
         run_id=str(job.get("id") or result.get("run_id") or ""), method=str(meta.get("method") or config.get("method")),
         teacher=meta.get("teacher") or result.get("teacher"), seed=int(meta.get("seed", config.get("seed", 0)) or 0),
         status=str(job.get("status") or result.get("status") or ""),
-        val_acc=_num(result.get("val_acc")), test_acc=_num(result.get("test_acc")),
+        val_acc=finite_or_none(result.get("val_acc")), test_acc=finite_or_none(result.get("test_acc")),
         n_val=int(meta.get("n_val") or 0), weighting=str(meta.get("weighting") or config.get("weighting") or "fixed"),
         started=float(job.get("started") or job.get("created") or 0.0),
         setting=tuple(meta.get(k) for k in ("target_fp", "student", "epochs")), fold=meta.get("fold"),
@@ -134,14 +135,6 @@ class Comparison:
     @property
     def baseline(self) -> GroupSummary | None:
         return next((g for g in self.groups if g.method == "ce"), None)
-
-
-def _num(x) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _std(x: np.ndarray) -> float | None:

@@ -8,8 +8,6 @@ previous one) or the complete new one.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from scd_core.data.targets import TargetSet
 from scd_core.distill.config import DistillResult
 from scd_core.distill.data import STUDENT_MEAN, STUDENT_STD
 from scd_core.teachers.repository import save_teacher
-from scd_core.utils import slug
+from scd_core.utils import replacing_folder, slug
 
 
 def new_run_id(method: str, teacher: str | None, seed: int) -> str:
@@ -37,9 +35,7 @@ def export_run(student: torch.nn.Module, target: TargetSet, result: DistillResul
     """
     cfg = result.config
     final = Path(result.run_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with replacing_folder(final) as tmp:
         save_teacher(
             student.eval(), target.class_names, tmp / "student",
             description=f"student ({cfg['student']}) distilled with {cfg['method']}"
@@ -49,14 +45,4 @@ def export_run(student: torch.nn.Module, target: TargetSet, result: DistillResul
         )
         result.student_dir = str(final / "student")
         (tmp / "run.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            final.rename(old / "run")
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return result
