@@ -85,7 +85,8 @@ with st.form("distill_form"):
         seeds = st.number_input("Seeds per run", 1, 10, key="w_dist_seeds", **ui.PERSIST,
                                 help="Each (teacher, method) is trained once per seed; the comparison shows the mean "
                                      "± std over seeds and an interval for the difference from ce.")
-        st.caption(f"About {estimate.seconds:.0f} s per run (estimate from {estimate.basis}); "
+        per_run = f"{estimate.seconds:.0f}" if estimate.seconds >= 10 else f"{estimate.seconds:.1f}"
+        st.caption(f"About {per_run} s per run (estimate from {estimate.basis}); "
                    f"{planned} method(s) × {int(seeds)} seed(s) ≈ {estimate.seconds * planned * int(seeds) / 60:.1f} "
                    "min of worker time.")
         with st.expander("More options"):
@@ -231,7 +232,8 @@ def _comparison(jobs: list[JobSnapshot]) -> None:
     chart, _ = st.columns([3, 2])
     with chart:
         st.plotly_chart(run_comparison(
-            [{"label": f"{g.name} (n={g.n})", "val_acc": g.val_mean, "error": g.val_std, "baseline": g.method == "ce"}
+            [{"label": f"{g.name} (n={g.n})", "val_acc": g.val_mean, "error": g.val_std, "baseline": g.method == "ce",
+              "best": g.best}
              for g in comparison.groups], baseline=base.val_mean if base else None), key="dist_compare")
 
 

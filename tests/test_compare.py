@@ -142,3 +142,11 @@ def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_
         assert [h["train_loss"] for h in run.history] == [h["train_loss"] for h in ce.history]
     else:
         assert run.teacher_weight["lambda"] <= 0.1
+
+
+def test_a_tie_has_no_best():
+    from scd_core.distill.compare import RunRecord, compare
+
+    runs = [RunRecord(run_id=f"{m}{s}", method=m, teacher=None if m == "ce" else "t", seed=s, status="finished",
+                      val_acc=0.5, n_val=20) for m in ("ce", "scd") for s in range(2)]
+    assert not any(g.best for g in compare(runs).groups)

@@ -201,7 +201,10 @@ def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: 
                 vals = [r.val_acc for r in groups[(g.teacher, g.method, g.weighting)]]
                 g.vs_ce = difference(vals, ce_vals, n_val, confidence)
     if summaries:
-        max(summaries, key=lambda g: g.val_mean).best = True
+        top = max(g.val_mean for g in summaries)
+        leaders = [g for g in summaries if g.val_mean == top]
+        if len(leaders) == 1:  # a tie has no best
+            leaders[0].best = True
     summaries.sort(key=lambda g: (g.method != "ce", -g.val_mean))
     warnings = []
     if 0 < n_val < SMALL_VALIDATION:

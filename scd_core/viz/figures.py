@@ -338,7 +338,9 @@ def run_comparison(runs: Sequence[Mapping], baseline: float | None = None, metri
     values = [float(r.get(metric)) if r.get(metric) is not None else np.nan for r in runs]
     errors = [float(r["error"]) if r.get("error") is not None else 0.0 for r in runs]
     colours = [BASELINE_COLOUR if r.get("baseline") else OTHER_COLOUR for r in runs]
-    if values and not all(np.isnan(values)):
+    if any("best" in r for r in runs):  # the caller decided (e.g. no best in a tie)
+        colours = [BEST_COLOUR if r.get("best") else c for r, c in zip(runs, colours)]
+    elif values and not all(np.isnan(values)):
         best = int(np.nanargmax(values))
         colours[best] = BEST_COLOUR
     fig = go.Figure(go.Bar(x=labels, y=values, marker_color=colours, text=[f"{v:.1%}" for v in values],
