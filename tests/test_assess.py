@@ -119,6 +119,44 @@ def test_rank_subset_and_errors(world):
         rank(target, repo, budget=1.5, device="cpu")
 
 
+def test_pipelined_rank_equals_one_teacher_at_a_time_and_loads_each_model_once(world, fresh_cache, monkeypatch):
+    """The in-process pipeline (load next, forward current, score previous) changes no score or order;
+    it builds each uncached teacher once and none whose outputs are cached."""
+    import scd_core.teachers.repository as repository
+    from scd_core.assess.ranking import score_teacher
+
+    target, repo = world
+    loads: list[str] = []
+    real_load = repository.load_teacher
+    monkeypatch.setattr(repository, "load_teacher", lambda spec, device="cpu": loads.append(spec.name)
+                        or real_load(spec, device))
+    ranking = rank(target, repo, metrics=["scd", "leep", "logme"], device="cpu")
+    assert sorted(loads) == sorted(repo.names)  # one build per teacher, none twice
+    for spec in repo.specs:
+        alone = score_teacher(target, spec, ["scd", "leep", "logme"], device="cpu", use_cache=False)
+        piped = next(t for t in ranking.teachers if t.name == spec.name)
+        assert piped.scores == pytest.approx(alone.scores, abs=1e-9)
+        assert piped.intervals == pytest.approx(alone.intervals, abs=1e-9)
+    loads.clear()
+    again = rank(target, repo, metrics=["scd", "leep", "logme"], device="cpu")
+    assert loads == [] and again.names == ranking.names  # cached outputs: no model built at all
+
+
+def test_pipelined_rank_stops_at_the_first_broken_teacher_by_name(world, tmp_path):
+    """A teacher whose weights do not load stops the in-process ranking with its own name."""
+    import shutil
+
+    from scd_core.errors import TeacherError
+
+    target, repo = world
+    for name in ("teacher_3", "teacher_4"):
+        shutil.copytree(repo.get(name).location, tmp_path / name)
+    weights = next((tmp_path / "teacher_4").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])  # truncated file
+    with pytest.raises((TeacherError, ScdError), match="teacher_4"):
+        rank(target, TeacherRepository.from_folder(tmp_path), metrics=["scd"], device="cpu", use_cache=False)
+
+
 def test_successive_halving_spends_less_and_keeps_the_winner_on_more_images(world):
     target, repo = world
     full = rank(target, repo, metrics=["scd"], device="cpu").table()

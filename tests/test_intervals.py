@@ -112,10 +112,14 @@ def test_budgeted_ranking_stops_once_the_leader_is_clear(monkeypatch):
     """Successive halving stops after the first round when the leader's interval is clear of all others."""
     calls: list[tuple[str, int]] = []
 
-    def fake_score(target, spec, metrics, *, items=None, **kwargs):
-        calls.append((spec.name, len(items)))
-        value = {"t0": 0.9}.get(spec.name, 0.1)
-        return TeacherScore(spec.name, spec.num_classes, len(items), {"s": value}, {"s": (value - 0.05, value + 0.05)})
+    def fake_score_all(target, specs, names, items, options, progress, executor, failures):
+        scores = []
+        for spec in specs:
+            calls.append((spec.name, len(items)))
+            value = {"t0": 0.9}.get(spec.name, 0.1)
+            scores.append(TeacherScore(spec.name, spec.num_classes, len(items), {"s": value},
+                                       {"s": (value - 0.05, value + 0.05)}))
+        return scores
 
     class _Spec:
         def __init__(self, name):
@@ -127,7 +131,7 @@ def test_budgeted_ranking_stops_once_the_leader_is_clear(monkeypatch):
 
     specs = [_Spec(f"t{i}") for i in range(8)]
     items = [_Item(i % 2) for i in range(200)]
-    monkeypatch.setattr(ranking_module, "score_teacher", fake_score)
+    monkeypatch.setattr(ranking_module, "_score_all", fake_score_all)
     scored = ranking_module._successive_halving(None, specs, items, ["s"], MetricInfo("s", True), 0.5, None,
                                                 {"seed": 0})
     assert len(calls) == 8 and {s.round for s in scored} == {0}  # one round, then the leader was clear

@@ -9,8 +9,10 @@ and repeats, so the forward passes add up to about ``budget`` times those of a f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from scd_core.assess.metrics import DEFAULT_METRICS, Metric, get_metric
 from scd_core.data.targets import TargetItem, TargetSet
 from scd_core.errors import ScdError
 from scd_core.outputs.forward import teacher_outputs
+from scd_core.outputs.streaming import TeacherOutputs
 from scd_core.progress import ProgressFn, emit, scaled
 from scd_core.runtime.executors import Executor
 from scd_core.sources import as_repository, as_target
@@ -198,6 +201,7 @@ def score_teacher(
     seed: int = 0,
     intervals: bool = True,
     progress: ProgressFn | None = None,
+    model: Any = None,
 ) -> TeacherScore:
     """Score one teacher with every named metric from one forward pass (cached) over ``items``.
 
@@ -205,25 +209,100 @@ def score_teacher(
     takes and returns pickles, so an executor can run it in another process or on another machine.
     With ``intervals`` every score gets a 95% bootstrap interval over the images
     (:mod:`scd_core.assess.intervals`, from the same outputs), its resamples seeded by ``seed``.
+    ``model`` is the teacher already loaded (the in-process pipeline loads the next one early).
     """
-    metric_objs = [get_metric(n) for n in metrics]
     items = list(target.assessment_items if items is None else items)
+    out, forward_s = _teacher_pass(target, spec, items, device=device, batch_size=batch_size,
+                                   temperature=temperature, use_cache=use_cache, progress=progress, model=model)
+    return _score_outputs(spec, out, metrics, len(items), forward_s, seed=seed, intervals=intervals)
+
+
+def _teacher_pass(target: TargetSet, spec: TeacherSpec, items: list[TargetItem], *, device: str, batch_size: int,
+                  temperature: float, use_cache: bool, progress: ProgressFn | None, model: Any = None
+                  ) -> tuple[TeacherOutputs, float]:
+    """The teacher's outputs on ``items`` (one forward pass, or the cache) and the seconds it took."""
     t = time.perf_counter()
 
     def forward_progress(fraction: float, message: str) -> None:
         emit(progress, message, fraction, "forward", teacher=spec.name)
 
     out = teacher_outputs(spec, target, items, device=device, batch_size=batch_size, temperature=temperature,
-                          progress=forward_progress if progress is not None else None, use_cache=use_cache)
-    forward_s = time.perf_counter() - t
+                          progress=forward_progress if progress is not None else None, use_cache=use_cache,
+                          model=model)
+    return out, time.perf_counter() - t
+
+
+def _score_outputs(spec: TeacherSpec, out: TeacherOutputs, metrics: Sequence[str], images: int, forward_s: float,
+                   *, seed: int, intervals: bool) -> TeacherScore:
+    """Every named metric (and its interval) from the teacher's outputs: no forward pass."""
+    metric_objs = [get_metric(n) for n in metrics]
     t = time.perf_counter()
     if intervals:
         scores, bounds = score_with_intervals(out, metric_objs, seed=seed)
     else:
         scores, bounds = {m.name: float(m.score(out)) for m in metric_objs}, {}
     metrics_s = time.perf_counter() - t
-    return TeacherScore(name=spec.name, num_classes=spec.num_classes, images=len(items), scores=scores,
+    return TeacherScore(name=spec.name, num_classes=spec.num_classes, images=images, scores=scores,
                         intervals=bounds, timing={"forward_s": forward_s, "metrics_s": metrics_s})
+
+
+def _blas_threads_beside_torch(device: Any) -> contextlib.AbstractContextManager:
+    """On a CPU, the metrics' BLAS gets the cores torch's forward pass leaves (at least one).
+
+    OpenBLAS threads spin while they wait; a scoring thread with a full BLAS pool beside a forward
+    pass that already holds the cores slowed both down threefold (measured on 2 cores).
+    """
+    if getattr(device, "type", "cpu") != "cpu":
+        return contextlib.nullcontext()
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, (os.cpu_count() or 1) - torch.get_num_threads()), user_api="blas")
+
+
+def _score_pipelined(target: TargetSet, specs: Sequence[TeacherSpec], names: Sequence[str],
+                     items: Sequence[TargetItem], options: dict[str, Any],
+                     progress: ProgressFn | None) -> list[TeacherScore]:
+    """:func:`score_teacher` for every spec in this process, as a three-stage pipeline.
+
+    While teacher i runs its forward pass (this thread), teacher i + 1 is built and its weights read
+    (a loader thread) and teacher i - 1 is scored (a scoring thread), so that model loading and the
+    metrics hide behind the forward pass instead of adding to it: on a GPU the device never waits
+    for the disk or the metrics, on a CPU they use a core the forward pass leaves. Results and errors
+    come back in teacher order; the first error stops the ranking, as a plain loop would. Progress
+    is reported from this thread only.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scd_core.device import resolve_device
+    from scd_core.outputs.forward import outputs_cached
+    from scd_core.teachers.repository import load_teacher
+
+    items = list(items)
+    device = resolve_device(options["device"])
+
+    def load(spec: TeacherSpec) -> Any:
+        # a cached teacher needs no model; the pass finds its outputs without one
+        if options["use_cache"] and outputs_cached(spec, target, items, options["temperature"]):
+            return None
+        return load_teacher(spec, device)
+
+    pass_options = {k: options[k] for k in ("device", "batch_size", "temperature", "use_cache")}
+    with _blas_threads_beside_torch(device), ThreadPoolExecutor(1, thread_name_prefix="scd-load") as loader, \
+            ThreadPoolExecutor(1, thread_name_prefix="scd-score") as scorer:
+        upcoming = loader.submit(load, specs[0])
+        scored = []
+        for i, spec in enumerate(specs):
+            model = upcoming.result()
+            if i + 1 < len(specs):
+                upcoming = loader.submit(load, specs[i + 1])
+            out, forward_s = _teacher_pass(target, spec, items, progress=scaled(progress, i / len(specs),
+                                                                              (i + 1) / len(specs)),
+                                           model=model, **pass_options)
+            del model  # one model in memory at a time besides the one loading
+            scored.append(scorer.submit(_score_outputs, spec, out, names, len(items), forward_s,
+                                        seed=options["seed"], intervals=options["intervals"]))
+        return [future.result() for future in scored]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -357,9 +436,7 @@ def _score_all(target: TargetSet, specs: Sequence[TeacherSpec], names: Sequence[
                failures: dict[str, str] | None) -> list[TeacherScore]:
     """:func:`score_teacher` for every spec: here, one after the other, or one task each on ``executor``."""
     if executor is None:
-        return [score_teacher(target, spec, names, items=items,
-                              progress=scaled(progress, i / len(specs), (i + 1) / len(specs)), **options)
-                for i, spec in enumerate(specs)]
+        return _score_pipelined(target, specs, names, items, options, progress)
     from scd_core.outputs.forward import prepare_shared_decode
 
     items = list(items)

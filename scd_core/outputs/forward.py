@@ -157,6 +157,13 @@ def teacher_predictions(spec: TeacherSpec, items: Sequence[TargetItem], *, devic
     return logits_np, feats_np
 
 
+def outputs_cached(spec: TeacherSpec, target: TargetSet, items: Sequence[TargetItem], temperature: float = 1.0) -> bool:
+    """Whether :func:`teacher_outputs` would find this pass in the cache (an entry exists; not verified)."""
+    key = cache.output_key(spec.fingerprint, target.items_fingerprint(list(items)), eval_transform(spec)[1],
+                           temperature)
+    return (cache.entry_dir(key) / "meta.json").is_file()
+
+
 def teacher_outputs(
     spec: TeacherSpec,
     target: TargetSet,
