@@ -17,6 +17,7 @@ from scd_core.distill.compare import (
     default_seed_count,
     estimate_run_seconds,
     job_record,
+    kfold_targets,
     run_name,
 )
 from scd_core.distill.config import WEIGHTINGS
@@ -86,9 +87,12 @@ with st.form("distill_form"):
                                 help="Each (teacher, method) is trained once per seed; the comparison shows the mean "
                                      "± std over seeds and an interval for the difference from ce.")
         per_run = f"{estimate.seconds:.0f}" if estimate.seconds >= 10 else f"{estimate.seconds:.1f}"
+        planned_folds = int(st.session_state.get("w_dist_folds") or 0)
+        planned_folds = planned_folds if planned_folds >= 2 else 1
         st.caption(f"About {per_run} s per run (estimate from {estimate.basis}); "
-                   f"{planned} method(s) × {int(seeds)} seed(s) ≈ {estimate.seconds * planned * int(seeds) / 60:.1f} "
-                   "min of worker time.")
+                   f"{planned} method(s) × {int(seeds)} seed(s)"
+                   + (f" × {planned_folds} folds" if planned_folds > 1 else "")
+                   + f" ≈ {estimate.seconds * planned * int(seeds) * planned_folds / 60:.1f} min of worker time.")
         with st.expander("More options"):
             lr = st.number_input("Learning rate (0: default)", 0.0, 10.0, format="%.4f", key="w_dist_lr", **ui.PERSIST)
             weight = st.number_input("Teacher weight λ", 0.0, 100.0, key="w_dist_weight", **ui.PERSIST)
@@ -98,6 +102,12 @@ with st.form("distill_form"):
                                                     "agree with your labels (a useless teacher gets about 0, so the "
                                                     "run stays near ce); fixed: λ as given.")
             temperature = st.number_input("Temperature T", 0.1, 50.0, key="w_dist_temp", **ui.PERSIST)
+            ui.init_widget("w_dist_folds", 0)
+            folds = st.number_input(
+                "Cross-validation folds (0: off)", 0, 10, key="w_dist_folds", **ui.PERSIST,
+                help="k >= 2: every (teacher, method, seed) is trained k times, each time validating on another "
+                     "k-th of the labeled train + val images and training on the rest, so that the comparison rests "
+                     "on every labeled image instead of one small validation split. k times the runs.")
             use_unlabeled = st.checkbox("Use unlabeled images", key="w_dist_unlabeled", **ui.PERSIST)
     start = st.form_submit_button("Start runs", type="primary")
 
@@ -108,25 +118,37 @@ if start:
         st.error("Choose at least one teacher (or only the ce method).")
     else:
         started = 0
-        plan = [(method, teacher, int(seed) + k) for k in range(int(seeds)) for method in methods
+        k_folds = int(folds) if int(folds) >= 2 else 0
+        fold_sizes = []
+        if k_folds:
+            try:  # refused here, before anything is queued, when a class is smaller than k
+                fold_sizes = [len(f.split("val")) for f in kfold_targets(target, k_folds)]
+            except ScdError as exc:
+                ui.show_error(exc, "Cross-validation: ")
+                st.stop()
+        plan = [(method, teacher, int(seed) + k, fold) for k in range(int(seeds))
+                for fold in (range(k_folds) if k_folds else [None]) for method in methods
                 for teacher in ([None] if method == "ce" else teachers)]
-        for method, teacher, run_seed in plan:
+        for method, teacher, run_seed, fold in plan:
             config = DistillConfig(method=method, student=student, epochs=int(epochs), batch_size=int(batch),
                                    seed=run_seed, device=ui.device(), lr=float(lr) or None, weight=float(weight),
                                    temperature=float(temperature), use_unlabeled=bool(use_unlabeled),
                                    weighting=str(weighting))
             spec = repo.get(teacher) if teacher else None
             run_dir = session_dir(sid, "runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-            label = f"{run_name(method, teacher, str(weighting))} · seed {run_seed}"
+            label = f"{run_name(method, teacher, str(weighting))} · seed {run_seed}" + (
+                f" · fold {fold + 1}/{k_folds}" if fold is not None else "")
             meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
                     "seed": run_seed, "weighting": str(weighting), "target": target.name,
                     "target_fp": target.fingerprint, "run_dir": str(run_dir),
-                    "n_val": len(target.split("val")), "pool": pool}
+                    "n_val": fold_sizes[fold] if fold is not None else len(target.split("val")), "pool": pool,
+                    "fold": None if fold is None else fold + 1, "folds": k_folds or None}
             source = ui.target_spec()
             extract = str(session_dir(sid, "targets")) if source.lower().endswith(".zip") else None
             try:
                 submit_distill(store, sid, target=source, extract_dir=extract, teacher=spec, config=config,
-                               run_dir=run_dir, label=label, meta=meta, target_name=target.name)
+                               run_dir=run_dir, label=label, meta=meta, target_name=target.name,
+                               fold=None if fold is None else (k_folds, fold))
             except ScdError as exc:
                 ui.show_error(exc)
                 break
@@ -203,15 +225,19 @@ def _comparison(jobs: list[JobSnapshot]) -> None:
     if not finished:
         return
     setting = max(finished, key=lambda r: r.started).setting
-    comparison = compare([r for r in records if r.setting == setting], n_val=len(target.split("val")),
-                         has_test=bool(target.split("test")))
+    _, student, epochs, k_folds = setting
+    # k-fold runs validate on one fold each: their own validation size (the plain split's otherwise)
+    comparison = compare([r for r in records if r.setting == setting],
+                         n_val=None if k_folds else len(target.split("val")), has_test=bool(target.split("test")))
     st.header("Compare against the ce baseline")
-    _, student, epochs = setting
     left_out = sum(1 for r in comparison.excluded if r.status in ("cancelled", "failed", "interrupted"))
-    st.caption(f"Finished runs with student {student} and {epochs} epochs, mean ± std over seeds"
+    over = f"{k_folds}-fold cross-validation × seeds" if k_folds else "seeds"
+    st.caption(f"Finished runs with student {student} and {epochs} epochs, mean ± std over {over}"
                + (f"; {left_out} cancelled or failed run(s) are left out (see the history)." if left_out else "."))
     for warning in comparison.warnings:
         st.warning(warning, icon=":material/warning:")
+    if comparison.warnings and not k_folds:
+        st.caption("Cross-validation is under **More options → Cross-validation folds** above.")
 
     def pct(mean: float | None, std: float | None) -> str:
         if mean is None:

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import cluster, ui
+from pages.common.check_ranking import check_ranking_section
 from scd_core.assess.metrics import DEFAULT_METRICS, METRICS
 from scd_core.assess.ranking import Ranking, rank
 from scd_core.viz.figures import direction_label, ranking_bar, sort_ranking
@@ -135,6 +136,9 @@ if timing:
 st.download_button("Download ranking (CSV)", ranking.table(rank_by, intervals=True).to_csv().encode("utf-8"),
                    file_name="ranking.csv", mime="text/csv", key="w_rank_csv", icon=":material/download:")
 st.plotly_chart(ranking_bar(ranking, rank_by), key="rank_bar")
+
+st.divider()
+check_ranking_section(target, repo, ranking)
 
 st.divider()
 st.page_link("pages/transport_plans.py", label=f"Next: how {best}'s labels map onto yours",

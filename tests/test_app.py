@@ -389,3 +389,49 @@ def test_a_large_ranking_runs_in_worker_processes_with_the_same_scores(monkeypat
     assert list(shown.index) == list(here.index)  # same order as in the server process
     assert np.allclose(shown["scd ↑"].to_numpy(float), here["scd"].to_numpy(float), atol=1e-6)
     cluster._local_executor.clear()
+
+
+def test_check_the_ranking_runs_in_the_background_and_shows_the_scatter():
+    """Ranking page: "Check the ranking" queues a validate job; the finished report shows score vs accuracy."""
+    at = clean(new_app().run())
+    at.switch_page("pages/ranking.py")
+    clean(at.run())
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    at.number_input(key="w_validate_top").set_value(2)
+    at.number_input(key="w_validate_seeds").set_value(1)
+    at.number_input(key="w_validate_epochs").set_value(1)
+    button(at, "Check the ranking").click()
+    clean(at.run())
+    deadline = time.time() + 600
+    while time.time() < deadline and not any("weighted tau" in spec for spec in plotly_specs(at)):
+        time.sleep(1.0)
+        clean(at.run())
+    assert any("weighted tau" in spec for spec in plotly_specs(at)), "the check did not finish in time"
+    agreement = next(df.value for df in at.dataframe if "weighted_tau" in df.value.columns)
+    assert set(agreement.index) >= {"scd", "leep"}
+    accuracies = next(df.value for df in at.dataframe if "student accuracy" in df.value.columns)
+    assert len(accuracies) == 2 and (accuracies["seeds"] == 1).all()
+    assert any("No teacher (`ce`)" in c.value for c in at.caption)
+
+
+def test_k_fold_runs_are_compared_over_folds():
+    """Distill with 2 cross-validation folds: one run per fold, grouped into one comparison row over folds."""
+    at = clean(new_app().run())
+    at.switch_page("pages/distill.py")
+    clean(at.run())
+    at.multiselect(key="w_dist_methods").set_value(["ce"])
+    at.selectbox(key="w_dist_student").set_value("test_resnet")
+    at.number_input(key="w_dist_epochs").set_value(1)
+    at.number_input(key="w_dist_seeds").set_value(1)
+    at.number_input(key="w_dist_folds").set_value(2)
+    button(at, "Start runs").click()
+    clean(at.run())
+    wait_for_runs(at)
+    assert not errors(at)
+    assert any("2-fold cross-validation" in c.value for c in at.caption)
+    compared = next(df.value for df in at.dataframe if "Δ val vs ce [95% interval]" in df.value.columns)
+    ce_row = compared[compared["teacher · method"].str.startswith("ce")].iloc[0]
+    assert ce_row["runs"] == 2
+    history = at.dataframe[-1].value
+    assert {"fold 1/2", "fold 2/2"} <= {run.rsplit(" · ", 1)[-1] for run in history["run"]}

@@ -20,7 +20,7 @@ from scd_core.distill.compare import (
     run_label,
 )
 
-SETTING = ("fp", "resnet10t", 15)
+SETTING = ("fp", "resnet10t", 15, None)  # target, student, epochs, k-fold (None: plain seeds)
 
 
 def _run(method: str, teacher: str | None, seed: int, val: float, status: str = "finished", **kw) -> RunRecord:

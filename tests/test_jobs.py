@@ -334,3 +334,54 @@ def _alive(pid: int) -> bool:
 def test_the_dispatchers_workers_never_import_the_page_running_as_main(dispatch):
     executor = dispatch.slots[0].ensure()
     assert executor.import_main is False  # a worker started while a page runs must not execute that page
+
+
+def test_a_check_of_the_ranking_runs_as_a_job_and_reports_every_metric(store, dispatch, tmp_path):
+    """submit_validate: a student per teacher and seed plus ce in a worker process; the report is the result."""
+    from helpers import make_teacher
+
+    from scd_core.runtime.jobs import submit_validate
+    from scd_core.teachers.repository import TeacherRepository
+
+    folder = write_image_folder(tmp_path / "t", {"red": 8, "blue": 8, "green": 8}, size=16)
+    for i, k in enumerate((3, 5)):
+        make_teacher(tmp_path / "repo" / f"teacher_{k}", k, img_size=16, seed=i)
+    repo = TeacherRepository.from_folder(tmp_path / "repo")
+    config = DistillConfig(student="test_resnet", epochs=1, batch_size=8, device="cpu", weighting="fixed")
+    job_id = submit_validate(store, "s1", target=str(folder), extract_dir=None, teachers=repo.specs, config=config,
+                             metrics=["scd", "leep"], seeds=1, top=None, label="check", meta={"target_fp": "x"})
+    job = settle(dispatch, store, job_id, timeout=300)
+    assert job.status is JobStatus.FINISHED, job.error
+    report = job.result
+    assert {r["name"] for r in report["teachers"]} == set(repo.names)
+    assert all(len(r["accuracies"]) == 1 for r in report["teachers"]) and len(report["baseline_ce"]["accuracies"]) == 1
+    assert set(report["metrics"]) == {"scd", "leep"} and job.progress == pytest.approx(1.0)
+
+
+def test_a_fold_run_trains_and_validates_on_its_own_fold(store, target_folder, tmp_path, monkeypatch):
+    """submit_distill(fold=(k, i)): the worker hands the trainer fold i of the k-fold re-split, test unchanged."""
+    import scd_core.distill.trainer as trainer
+    from scd_core.distill.compare import kfold_targets
+    from scd_core.distill.config import DistillResult
+    from scd_core.runtime.worker import run_job
+    from scd_core.sources import load_target
+
+    seen = []
+
+    def fake_distill(target, teacher, config, progress=None, cancel=None, run_dir=None):
+        seen.append({s: sorted(it.rel for it in target.split(s)) for s in ("val", "test")})
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return DistillResult(run_id="r", run_dir=str(run_dir), status="finished", config={}, teacher=None,
+                             val_acc=0.5)
+
+    monkeypatch.setattr(trainer, "distill", fake_distill)
+    config = DistillConfig(method="ce", student="test_resnet", epochs=1, device="cpu")
+    job = submit_distill(store, "s1", target=str(target_folder), extract_dir=None, teacher=None, config=config,
+                         run_dir=tmp_path / "run", label="ce fold 2", fold=(3, 1))
+    assert run_job(str(store.path), job) == "finished"
+    fold = kfold_targets(load_target(target_folder), 3)[1]
+    assert seen == [{s: sorted(it.rel for it in fold.split(s)) for s in ("val", "test")}]
+    assert seen[0]["val"] != sorted(it.rel for it in load_target(target_folder).split("val"))
+    with pytest.raises(ScdError, match="fold index"):
+        submit_distill(store, "s1", target=str(target_folder), extract_dir=None, teacher=None, config=config,
+                       run_dir=tmp_path / "run2", label="x", fold=(3, 3))

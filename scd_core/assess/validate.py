@@ -21,11 +21,13 @@ from scipy import stats
 from scd_core.assess.ranking import rank
 from scd_core.data.targets import TargetSet
 from scd_core.distill.trainer import DistillConfig, distill
-from scd_core.progress import ProgressFn, emit
+from scd_core.progress import ProgressFn, emit, scaled
 from scd_core.runtime.executors import Executor
 from scd_core.sources import as_repository, as_target
 from scd_core.teachers.repository import TeacherRepository, TeacherSpec
 from scd_core.utils import finite_or_none
+
+RANK_SHARE = 0.05  # of the progress bar: the ranking's forward passes, next to a student per teacher and seed
 
 
 def ranking_agreement(scores: np.ndarray, accuracy: np.ndarray, higher_is_better: bool) -> dict[str, float | None]:
@@ -68,7 +70,8 @@ def validate(
     """
     target, repo = as_target(target), as_repository(repo)
     base = config or DistillConfig(device=device)
-    ranking = rank(target, repo, metrics=metrics, device=device, executor=executor)
+    ranking = rank(target, repo, metrics=metrics, device=device, executor=executor,
+                   progress=scaled(progress, 0.0, RANK_SHARE))
     names = ranking.names[:top] if top else ranking.names
     split = "test" if target.split("test") else "val"
     jobs = [(name, base.method, seed) for name in names for seed in range(seeds)]
@@ -77,9 +80,13 @@ def validate(
     accuracies: dict[str | None, list[float]] = {name: [] for name in [*names, None]}
     failures: dict[str, str] = {}
 
+    done = [0]
+
     def record(name: str | None, method: str, seed: int, accuracy: float) -> None:
         accuracies[name].append(accuracy)
-        emit(progress, f"{name or '-'} {method} seed {seed}: {accuracy:.3f}", None, "run", teacher=name,
+        done[0] += 1
+        emit(progress, f"student {done[0]}/{len(jobs)}: {name or 'no teacher'} {method} seed {seed}: "
+             f"{accuracy:.1%}", RANK_SHARE + (1.0 - RANK_SHARE) * done[0] / len(jobs), "run", teacher=name,
              method=method, seed=seed, accuracy=accuracy)
 
     if executor is None:

@@ -81,7 +81,7 @@ def record_from_job(job: Mapping) -> RunRecord:
         val_acc=finite_or_none(result.get("val_acc")), test_acc=finite_or_none(result.get("test_acc")),
         n_val=int(meta.get("n_val") or 0), weighting=str(meta.get("weighting") or config.get("weighting") or "fixed"),
         started=float(job.get("started") or job.get("created") or 0.0),
-        setting=tuple(meta.get(k) for k in ("target_fp", "student", "epochs")), fold=meta.get("fold"),
+        setting=tuple(meta.get(k) for k in ("target_fp", "student", "epochs", "folds")), fold=meta.get("fold"),
     )
 
 

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scd_core.errors import ScdError
 from scd_core.runtime.executors import Executor, WorkerLost, get_executor
 from scd_core.runtime.settings import RuntimeSettings, settings
 from scd_core.runtime.store import (
@@ -69,6 +70,7 @@ __all__ = [
     "default_store",
     "submit_demo_build",
     "submit_distill",
+    "submit_validate",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -381,18 +383,41 @@ def _shutdown_all() -> None:
 
 def submit_distill(store: JobStore, session: str, *, target: str, extract_dir: str | None, teacher,
                    config, run_dir: str | Path, label: str, meta: dict | None = None, target_name: str | None = None,
-                   max_active: int | None = 64) -> str:
+                   max_active: int | None = 64, fold: tuple[int, int] | None = None) -> str:
     """Queue a distillation run (:func:`scd_core.distill.trainer.distill`) of ``session``; returns its id.
 
     ``target`` is the target set's source (``demo:WORLD``, a folder, a .zip with its ``extract_dir``),
     ``teacher`` a :class:`~scd_core.teachers.repository.TeacherSpec` or None, ``config`` a
-    :class:`~scd_core.distill.trainer.DistillConfig`. The run is published in ``run_dir``.
+    :class:`~scd_core.distill.trainer.DistillConfig`. The run is published in ``run_dir``. ``fold`` =
+    ``(k, i)`` trains on the other folds of a k-fold re-split of the labeled train + val images and
+    validates on fold ``i`` (:func:`scd_core.distill.compare.kfold_targets`, seeded by the run's seed 0).
     """
     from dataclasses import asdict
 
     params = {"target": target, "extract_dir": extract_dir, "target_name": target_name,
               "teacher": teacher_spec_to_json(teacher), "config": asdict(config), "run_dir": str(run_dir)}
+    if fold is not None:
+        k, index = fold
+        if not 0 <= index < k:
+            raise ScdError(f"fold {index} of {k}: the fold index must be in 0..{k - 1}")
+        params["fold"] = {"k": int(k), "index": int(index), "seed": 0}
     return store.submit(session, "distill", label, params=params, meta=meta, max_active=max_active)
+
+
+def submit_validate(store: JobStore, session: str, *, target: str, extract_dir: str | None, teachers,
+                    config, metrics, seeds: int, top: int | None, label: str, meta: dict | None = None,
+                    target_name: str | None = None) -> str:
+    """Queue a check of the ranking (:func:`scd_core.assess.validate.validate`) of ``session``.
+
+    ``teachers`` are the :class:`~scd_core.teachers.repository.TeacherSpec` to check, ``config`` the
+    students' :class:`~scd_core.distill.trainer.DistillConfig`; the report is the job's result.
+    """
+    from dataclasses import asdict
+
+    params = {"target": target, "extract_dir": extract_dir, "target_name": target_name,
+              "teachers": [teacher_spec_to_json(t) for t in teachers], "config": asdict(config),
+              "metrics": list(metrics) if metrics else None, "seeds": int(seeds), "top": top}
+    return store.submit(session, "validate", label, params=params, meta=meta)
 
 
 def submit_demo_build(store: JobStore, world: str, size: str | None = None) -> str:

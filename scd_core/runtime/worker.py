@@ -233,25 +233,45 @@ def teacher_spec_from_json(data: dict | None):
     return TeacherSpec(**values)
 
 
-def _distill_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: threading.Event,
-                    device_index: int | None) -> tuple[JobStatus, dict]:
-    from scd_core.distill.trainer import DistillConfig, distill
-    from scd_core.runtime import workspace
-    from scd_core.sources import load_target  # resolves demo:WORLD as well as paths
+def _job_target(params: dict):
+    """The job's target set from its source (``demo:WORLD``, a folder, a .zip and its extraction folder)."""
+    from scd_core.sources import load_target
 
-    p = job.params
-    extract = p.get("extract_dir")
-    target = load_target(p["target"], extract_dir=Path(extract) if extract else None)
-    if p.get("target_name"):
-        target.name = p["target_name"]
-    teacher = teacher_spec_from_json(p.get("teacher"))
+    extract = params.get("extract_dir")
+    target = load_target(params["target"], extract_dir=Path(extract) if extract else None)
+    if params.get("target_name"):
+        target.name = params["target_name"]
+    return target
+
+
+def _job_config(params: dict, device_index: int | None):
+    """The job's DistillConfig (unknown keys of an older version dropped), on the worker's own GPU."""
+    from scd_core.distill.trainer import DistillConfig
+
     known = {f.name for f in fields(DistillConfig)}
-    config = DistillConfig(**{k: v for k, v in p.get("config", {}).items() if k in known})
+    config = DistillConfig(**{k: v for k, v in params.get("config", {}).items() if k in known})
     if device_index is not None and config.device in ("auto", "cuda"):
         import torch
 
         if torch.cuda.is_available() and torch.cuda.device_count() > 1:  # one device per worker
             config.device = f"cuda:{device_index % torch.cuda.device_count()}"
+    return config
+
+
+def _distill_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: threading.Event,
+                    device_index: int | None) -> tuple[JobStatus, dict]:
+    from scd_core.distill.trainer import distill
+    from scd_core.runtime import workspace
+
+    p = job.params
+    target = _job_target(p)
+    if p.get("fold"):  # one fold of a k-fold cross-validated comparison: train + val re-split, test unchanged
+        from scd_core.distill.compare import kfold_targets
+
+        fold = p["fold"]
+        target = kfold_targets(target, int(fold["k"]), int(fold.get("seed", 0)))[int(fold["index"])]
+    teacher = teacher_spec_from_json(p.get("teacher"))
+    config = _job_config(p, device_index)
     final = Path(p["run_dir"])
     if final.exists():  # a restarted job: its first attempt published (or left) this folder
         final = final.with_name(f"{final.name}-{job.id.rsplit('-', 1)[-1][:6]}")
@@ -290,6 +310,21 @@ def _demo_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: th
     return JobStatus.FINISHED, {"root": str(world.root)}
 
 
+def _validate_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: threading.Event,
+                     device_index: int | None) -> tuple[JobStatus, dict]:
+    """Check a ranking: a student per teacher and seed (and the ce baseline), the agreement per metric."""
+    from scd_core.assess.validate import validate
+    from scd_core.teachers.repository import TeacherRepository
+
+    p = job.params
+    target = _job_target(p)
+    repo = TeacherRepository([teacher_spec_from_json(t) for t in p["teachers"]])
+    config = _job_config(p, device_index)
+    result = validate(target, repo, metrics=p.get("metrics"), top=p.get("top"), seeds=int(p.get("seeds", 1)),
+                      config=config, device=config.device, progress=report, cancel=cancel)
+    return (JobStatus.CANCELLED if cancel.is_set() else JobStatus.FINISHED), result
+
+
 def _call_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: threading.Event,
                  device_index: int | None) -> tuple[JobStatus, dict]:
     """Any importable function ``module:name`` called as ``fn(report, cancel, **kwargs)`` (a dict back)."""
@@ -304,4 +339,5 @@ def _call_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: th
 
 register_runner("distill", _distill_runner)
 register_runner("demo", _demo_runner)
+register_runner("validate", _validate_runner)
 register_runner("call", _call_runner)

@@ -1,0 +1,155 @@
+"""The distillation bounds on the ranking-science suite: ``scd`` with the default (adaptive) teacher weight
+against ``ce`` without a teacher, for every teacher of every suite world, resumably.
+
+    python benchmarks/bench_suite_bounds.py [--workers 1] [--seeds 1] [--only WORLD,...] [--collect]
+
+The claim checked (issue "distillation you can trust"): with the default weighting every teacher's
+``scd`` student is at least ``ce`` - 2 points. Each student is cached as one JSON file next to its
+world (``students/bounds/``), tasks run seed-major, and ``--collect`` writes
+``results/suite_bounds.{json,md}`` from what is cached; the fixed-weight ``scd`` students of the
+ground truth (:mod:`bench_suite`) are shown beside them where they exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import suite
+from bench_suite import build_one, suite_root
+from common import RESULTS, machine, save_markdown
+
+BOUND_POINTS = 2.0
+
+
+def _cache(world: str, teacher: str | None, seed: int) -> Path:
+    name = f"ce-seed{seed}" if teacher is None else f"{teacher}-adaptive-seed{seed}"
+    return suite_root() / world / "students" / "bounds" / f"{name}.json"
+
+
+def student(task: tuple[str, str | None, int]) -> dict:
+    """Test accuracy of the default student (adaptive ``scd``; ``ce`` when ``teacher`` is None), cached."""
+    world, teacher, seed = task
+    cache = _cache(world, teacher, seed)
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from scd_core.distill.trainer import DistillConfig, distill
+    from scd_core.sources import as_repository, as_target
+
+    root = suite_root() / world
+    target, repo = as_target(root / "target"), as_repository(root / "teachers")
+    config = DistillConfig(seed=seed) if teacher else DistillConfig(seed=seed, method="ce")
+    run_dir = Path(tempfile.mkdtemp(prefix="suite-bounds-"))
+    t0 = time.perf_counter()
+    try:
+        res = distill(target, repo.get(teacher) if teacher else None, config, run_dir=run_dir / "run")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    out = {"world": world, "teacher": teacher, "seed": seed, "accuracy": res.test_acc,
+           "lambda": (res.teacher_weight or {}).get("lambda"), "seconds": round(time.perf_counter() - t0, 2)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(cache)
+    return out
+
+
+def collect(names: list[str], seeds: int) -> dict:
+    """Per world: ce, every teacher's adaptive scd (and the ground truth's fixed scd), from the cache only."""
+    import numpy as np
+
+    worlds: dict[str, dict] = {}
+    for name in names:
+        root = suite_root() / name
+        if not (root / "world.json").is_file():
+            continue
+        teachers = [t["name"] for t in json.loads((root / "world.json").read_text())["teachers"]]
+        runs = {t: [json.loads(f.read_text()) for s in range(seeds) if (f := _cache(name, t, s)).is_file()]
+                for t in [None, *teachers]}
+        common = min(len(v) for v in runs.values())
+        if common == 0:
+            continue
+        ce = float(np.mean([r["accuracy"] for r in runs[None][:common]]))
+        rows = {}
+        for t in teachers:
+            adaptive = float(np.mean([r["accuracy"] for r in runs[t][:common]]))
+            fixed = [json.loads(f.read_text())["accuracy"] for s in range(common)
+                     if (f := root / "students" / f"{t}-seed{s}.json").is_file()]
+            rows[t] = {"adaptive": adaptive, "lambda": float(np.mean([r["lambda"] or 0.0 for r in runs[t][:common]])),
+                       "fixed": float(np.mean(fixed)) if len(fixed) == common else None,
+                       "adaptive_minus_ce_points": 100 * (adaptive - ce)}
+        worst = min(rows, key=lambda t: rows[t]["adaptive_minus_ce_points"])
+        best = max(rows, key=lambda t: rows[t]["adaptive"])
+        worlds[name] = {"seeds": common, "ce": ce, "teachers": rows, "worst": worst,
+                        "worst_minus_ce_points": rows[worst]["adaptive_minus_ce_points"], "best": best,
+                        "best_minus_ce_points": rows[best]["adaptive_minus_ce_points"],
+                        "bound_met": rows[worst]["adaptive_minus_ce_points"] >= -BOUND_POINTS,
+                        "seconds": round(sum(r["seconds"] for v in runs.values() for r in v[:common]), 1)}
+    return {"machine": machine(), "suite_version": suite.SUITE_VERSION, "seeds_requested": seeds,
+            "bound_points": BOUND_POINTS, "worlds": worlds,
+            "bound_met_everywhere": bool(worlds) and all(w["bound_met"] for w in worlds.values())}
+
+
+def markdown(r: dict) -> str:
+    worlds = r["worlds"]
+    met = sum(w["bound_met"] for w in worlds.values())
+    lines = ["# Distillation bounds on the ranking-science suite", "",
+             f"Machine: {r['machine']['cpu']} ({r['machine']['cpu_count']} CPUs), {r['machine']['date']}. "
+             "Test accuracy (%) of the default student (`DistillConfig()`: resnet10t, 15 epochs, adaptive teacher "
+             f"weight) per suite world, mean over the seeds shown. Claim: every teacher's `scd` >= `ce` - "
+             f"{BOUND_POINTS:g} points.", "",
+             f"**Bound met in {met} of {len(worlds)} worlds.**", "",
+             "| world | seeds | `ce` | worst teacher: adaptive `scd` - `ce` "
+             "| best teacher: adaptive `scd` - `ce` | met |",
+             "|---|---:|---:|---|---|---|"]
+    for name, w in worlds.items():
+        lines.append(f"| `{name}` | {w['seeds']} | {100 * w['ce']:.1f} | "
+                     f"`{w['worst']}` {w['worst_minus_ce_points']:+.1f} | `{w['best']}` "
+                     f"{w['best_minus_ce_points']:+.1f} | {'yes' if w['bound_met'] else 'no'} |")
+    lines += ["", "## Every teacher", "", "| world | teacher | lambda used | adaptive `scd` "
+              "| fixed `scd` (ground truth) | adaptive - `ce` |", "|---|---|---:|---:|---:|---:|"]
+    for name, w in worlds.items():
+        for t, row in w["teachers"].items():
+            fixed = "–" if row["fixed"] is None else f"{100 * row['fixed']:.1f}"
+            lines.append(f"| `{name}` | `{t}` | {row['lambda']:.2f} | {100 * row['adaptive']:.1f} | {fixed} | "
+                         f"{row['adaptive_minus_ce_points']:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from scd_core.runtime.executors import LocalExecutor
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--only", help="comma-separated world names (default: all)")
+    ap.add_argument("--collect", action="store_true", help="train nothing: write the tables from the cache")
+    args = ap.parse_args()
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(suite.WORLDS)
+    if not args.collect:
+        with LocalExecutor(workers=args.workers, torch_threads=1) as ex:
+            built = [o.value["world"] for o in ex.map(build_one, names, names=names) if o.ok]
+            teachers = {w: [None, *json.loads((suite_root() / w / "world.json").read_text())["teachers"]]
+                        for w in built}
+            tasks = [(w, t if t is None else t["name"], s) for s in range(args.seeds) for w in built
+                     for t in teachers[w]]
+            t1 = time.perf_counter()
+
+            def progress(done: int, total: int, outcome) -> None:
+                if done % 10 == 0 or not outcome.ok:
+                    print(f"{done}/{total} students ({time.perf_counter() - t1:.0f} s)"
+                          + ("" if outcome.ok else f" FAILED {outcome.name}: {outcome.error}"), flush=True)
+
+            ex.map(student, tasks, names=[f"{w}/{t or 'ce'}/seed{s}" for w, t, s in tasks], progress=progress)
+    result = collect(names, args.seeds)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "suite_bounds.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(save_markdown("suite_bounds", markdown(result)))
+
+
+if __name__ == "__main__":
+    main()
