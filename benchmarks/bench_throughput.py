@@ -225,10 +225,16 @@ def markdown(r: dict) -> str:
         lines.append(f"| {i + 1} | {rep['raw']:.1f} | {rep['rank']:.1f} | {rep['rank'] / rep['raw']:.3f} | "
                      f"{pass_ips:.1f} | {pass_ips / rep['raw']:.3f} | {t['metrics_s']:.1f} | "
                      f"{100 * rep['load']['others_busy_during']:.0f}% |")
-    lines += ["", f"Median rank / raw: **{r['rank_over_raw_median']:.3f}** (target >= 0.95). ``forward_s`` of a "
-              "teacher counts its model load, the shared decode (first teacher only), the forward and the streamed "
-              "statistics; ``metrics_s`` the 5 default metrics with K_t = 1,000 teacher classes and features of up "
-              "to 2,048 dimensions, a cost that does not grow with the input size.", ""]
+    lines += ["", f"Median rank / raw: **{r['rank_over_raw_median']:.3f}** (target >= 0.95). In one process "
+              "``rank`` is a pipeline: while a teacher runs forward on the torch thread, the next one is built and "
+              "its weights read on a loader thread and the previous one is scored on a scoring thread (its BLAS "
+              "limited to the cores torch leaves), so model loading and the metrics add only the first load and the "
+              "last teacher's metrics to the forward passes. ``forward_s`` of a teacher counts the wait for its "
+              "model, the shared decode (first teacher only), the forward and the streamed statistics; "
+              "``metrics_s`` the 5 default metrics with 95% intervals (K_t = 1,000 teacher classes, features of up "
+              "to 2,048 dimensions), a cost that does not grow with the input size, so the ratio falls at tiny "
+              "inputs (see ``throughput_32px.md``). Raw and rank differ by a few percent between repeats either "
+              "way: that is the noise of this machine.", ""]
     if r.get("ray"):
         ray = r["ray"]
         lines += ["| Ray (local instance) | images x teachers / s | same scores and order as in-process | "
