@@ -53,8 +53,8 @@ def candidates() -> dict[str, dict[str, object]]:
 def world_scores(name: str, teachers: list[str]) -> dict[str, dict[str, float]]:
     """metric or 'family|setting' -> teacher -> score (higher is better: lower-is-better ones negated)."""
     from scd_core.assess.metrics import METRICS
-    from scd_core.assess.ranking import as_repository, as_target
     from scd_core.outputs.forward import teacher_outputs
+    from scd_core.sources import as_repository, as_target
 
     root = suite_root() / name
     target, repo = as_target(root / "target"), as_repository(root / "teachers")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scd_core.assess.ranking import as_repository, as_target
 from scd_core.demo.common import SizeConfig, build_atomically, build_into, make_teacher, open_world, torch_state
 from scd_core.demo.glyphs import LETTERS, STYLES, GlyphsFamily, _sample, glyph_class, render_glyphs
+from scd_core.sources import as_repository, as_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
