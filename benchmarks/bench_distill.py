@@ -15,7 +15,8 @@ The claims checked: ``scd`` (default weighting) from the best teacher beats ``ce
 points; with adaptive weighting every teacher's ``scd`` is at least ``ce`` - 2 points.
 
     python benchmarks/bench_distill.py [--quick] [--worlds shapes,digits] [--seeds 3] [--worlds-root DIR]
-        [--methods scd,translate,rkd,kd] [--weightings fixed,adaptive] [--reuse results/distill.json]
+        [--methods scd,translate,rkd,kd] [--weightings fixed,adaptive] [--adaptive-methods scd]
+        [--reuse results/distill.json]
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import worlds
 from common import RESULTS, machine_line
 
-OPTIONS = argparse.Namespace(methods=("scd", "translate", "rkd", "kd"), weightings=("fixed", "adaptive"), reuse=None)
+OPTIONS = argparse.Namespace(methods=("scd", "translate", "rkd", "kd"), weightings=("fixed", "adaptive"), reuse=None,
+                             adaptive_methods=("scd",))
 RUNS_LOG = RESULTS / "distill_runs.jsonl"
 
 
@@ -106,7 +108,8 @@ def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | 
         row = {}
         for m in OPTIONS.methods:
             for w in OPTIONS.weightings:
-                row[m if w == "fixed" else f"{m} adaptive"] = runs(spec, m, w)
+                if w == "fixed" or m in OPTIONS.adaptive_methods:
+                    row[m if w == "fixed" else f"{m} adaptive"] = runs(spec, m, w)
         teachers[spec.name] = row
     default = "scd" if base.weighting == "fixed" else "scd adaptive"
     best = max(teachers, key=lambda t: teachers[t][default]["mean"])
@@ -163,9 +166,12 @@ if __name__ == "__main__":
     extra.add_argument("--methods", default=",".join(OPTIONS.methods))
     extra.add_argument("--weightings", default=",".join(OPTIONS.weightings))
     extra.add_argument("--reuse", help="earlier results JSON whose fixed-weight per-seed accuracies are reused")
+    extra.add_argument("--adaptive-methods", default=",".join(OPTIONS.adaptive_methods),
+                       help="methods also run with the non-fixed weightings (the others: fixed only)")
     known, rest = extra.parse_known_args()
     OPTIONS.methods = tuple(m for m in known.methods.split(",") if m)
     OPTIONS.weightings = tuple(w for w in known.weightings.split(",") if w)
     OPTIONS.reuse = known.reuse
+    OPTIONS.adaptive_methods = tuple(m for m in known.adaptive_methods.split(",") if m)
     sys.argv = [sys.argv[0], *rest]
     worlds.main(__doc__, "distill", run_world, markdown)
