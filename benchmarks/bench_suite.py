@@ -171,7 +171,8 @@ def collect(names: list[str], seeds: int) -> None:
         "machine": machine(), "suite_version": suite.SUITE_VERSION, "tuning": list(suite.TUNING),
         "held_out": list(suite.HELD_OUT), "seeds_requested": seeds,
         "seeds": min((w["seeds"] for w in worlds.values()), default=0),
-        "distill_config": "DistillConfig() defaults, seed 0..seeds-1", "collected_from_cache": True,
+        "distill_config": "DistillConfig() defaults with weighting='fixed', seed 0..seeds-1",
+        "collected_from_cache": True,
         "build_s_sum": round(sum(builds.values()), 1), "student_s_sum": round(total_s, 1), "worlds": worlds,
     }
     out = RESULTS / "suite_truth.json"

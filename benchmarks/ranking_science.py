@@ -187,7 +187,8 @@ def markdown(p: dict, truth: dict) -> str:
         f"# Ranking science: {len(tuning) + len(held)} worlds with ground truth, settings chosen on {len(tuning)} "
         f"tuning worlds, judged on {len(held)} held out", "",
         machine_line(truth["machine"]) + " " + share, "",
-        f"Ground truth: test accuracy of the default `scd` student (`DistillConfig()`), mean of {truth['seeds']} "
+        f"Ground truth: test accuracy of the default `scd` student (`DistillConfig()` with the fixed teacher "
+        f"weight), mean of {truth['seeds']} "
         f"seed(s) per world (seeds per world: {seeds_text}), "
         f"for each of 8 teachers in each world. Building the {len(suite.WORLDS)} worlds took "
         f"{truth['build_s_sum']:.0f} s and the "
