@@ -3,6 +3,8 @@ uploads (a real zip of PNG files, broken zips, teacher zips), background runs an
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
@@ -103,6 +105,7 @@ def test_demo_flow_end_to_end():
     clean(at.run())
     assert any("Best teacher by **leep**" in s.value for s in at.success)
     at.checkbox(key="w_rank_budget_on").check()
+    clean(at.run())  # the switch sits outside the form: it enables the slider at once
     at.slider(key="w_rank_budget").set_value(0.5)
     button(at, "Rank teachers").click()
     clean(at.run())
@@ -435,3 +438,32 @@ def test_k_fold_runs_are_compared_over_folds():
     assert ce_row["runs"] == 2
     history = at.dataframe[-1].value
     assert {"fold 1/2", "fold 2/2"} <= {run.rsplit(" · ", 1)[-1] for run in history["run"]}
+
+
+def _styles(df) -> str:
+    return df.proto.arrow_data.styler.styles
+
+
+def test_budgeted_ranking_shows_one_order_explains_rounds_and_the_slider_follows_the_switch():
+    at = clean(new_app().run())
+    at.switch_page("pages/ranking.py")
+    clean(at.run())
+    assert at.slider(key="w_rank_budget").disabled  # budgeting is off
+    at.checkbox(key="w_rank_budget_on").check()
+    clean(at.run())
+    assert not at.slider(key="w_rank_budget").disabled
+    at.slider(key="w_rank_budget").set_value(0.5)
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    table = at.dataframe[0]
+    shown = table.value
+    assert list(shown["round"]) == sorted(shown["round"], reverse=True)  # last round first
+    chart = json.loads(next(spec for spec in plotly_specs(at) if "per teacher" in spec))
+    assert chart["data"][0]["y"] == list(shown.index)  # the chart has the table's order
+    assert any("**Rounds** (successive halving)" in c.value and "keeps that round's score" in c.value
+               for c in at.caption)
+    styles = _styles(table)
+    assert "#ffd8d8" not in styles and "font-weight: bold" in styles
+    last = [i for i, images in enumerate(shown["images"]) if images == shown["images"].max()]
+    highlighted = {int(cell.split("_row")[1].split("_")[0]) for cell in re.findall(r"_row\d+_col\d+", styles)}
+    assert highlighted and highlighted <= set(last)  # best only among teachers scored on the most images

@@ -27,8 +27,8 @@ from scd_core.assess.ranking import Ranking
 from scd_core.ot.plans import LabeledMatrix
 
 ROW_ORDERS = ("blocks", "mass", "original")
-BEST_COLOUR = "#d62728"
-OTHER_COLOUR = "#7f9fbf"
+BEST_COLOUR = "#1f4e8c"  # a strong blue: red is kept for warnings and errors
+OTHER_COLOUR = "#a3bbd4"
 BASELINE_COLOUR = "#555555"
 MAX_ANNOTATED_CELLS = 400
 _KIND_TITLES = {
@@ -83,6 +83,10 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
     names = [str(t.name) for t in ordered]
     values = np.array([t.scores.get(metric, np.nan) for t in ordered], dtype=float)
     colours = [BEST_COLOUR if i == 0 else OTHER_COLOUR for i in range(len(names))]
+    # a budgeted ranking: teachers dropped in an earlier round were scored on fewer images; their bars are
+    # faded and the order stays the ranking's (last round first), as in the table
+    last_round = max((t.round for t in ordered), default=0)
+    opacity = [1.0 if t.round == last_round else 0.45 for t in ordered]
     # Bars start just beyond the worst value, so the longest bar is always the best teacher, whatever
     # the metric's sign and direction (a log-likelihood near 0 would otherwise draw the shortest bar).
     finite = values[np.isfinite(values)]
@@ -90,10 +94,13 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
     pad = 0.05 * span if span > 0 else max(abs(float(finite[0])) * 0.05, 1e-12) if finite.size else 1.0
     base = (float(finite.min()) - pad if higher else float(finite.max()) + pad) if finite.size else 0.0
     bar = dict(
-        x=(values - base).tolist(), base=base, y=names, orientation="h", marker_color=colours,
+        x=(values - base).tolist(), base=base, y=names, orientation="h",
+        marker={"color": colours, "opacity": opacity} if ranking.budget is not None else {"color": colours},
         customdata=values.tolist(), text=[f"{v:.4g}" for v in values], textposition="auto",
         hovertemplate="teacher: %{y}<br>value: %{customdata:.5g}<extra></extra>",
     )
+    if ranking.budget is not None:
+        bar["text"] = [f"{v:.4g} · round {t.round}, {t.images} images" for v, t in zip(values, ordered)]
     intervals = [t.intervals.get(metric) for t in ordered]
     if any(iv is not None for iv in intervals):
         low = np.array([iv[0] if iv is not None else v for iv, v in zip(intervals, values)], dtype=float)
@@ -109,7 +116,8 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
     fig = go.Figure(go.Bar(**bar))
     arrow = "→ better" if higher else "← better"
     fig.update_layout(
-        title=f"{metric} per teacher ({direction_label(higher)}; best in red)",
+        title=f"{metric} per teacher ({direction_label(higher)}; best highlighted"
+              + ("; last round first, earlier rounds faded)" if ranking.budget is not None else ")"),
         xaxis_title=f"{metric} {arrow}", yaxis={"autorange": "reversed", "automargin": True},
         height=max(260, 34 * len(names) + 120), margin={"l": 10, "r": 20, "t": 50, "b": 40},
         showlegend=False,
@@ -351,8 +359,8 @@ def run_comparison(runs: Sequence[Mapping], baseline: float | None = None, metri
         fig.add_hline(y=baseline, line_dash="dash", line_color=BASELINE_COLOUR,
                       annotation_text=f"ce baseline {baseline:.1%}", annotation_position="top left")
     name = {"val_acc": "validation accuracy", "test_acc": "test accuracy"}.get(metric, metric)
-    fig.update_layout(title=f"Final {name} per run (best in red)", yaxis={"tickformat": ".0%", "rangemode": "tozero",
-                                                                         "title": name},
+    fig.update_layout(title=f"Final {name} per run (best highlighted)",
+                      yaxis={"tickformat": ".0%", "rangemode": "tozero", "title": name},
                       xaxis={"automargin": True}, height=360, margin={"l": 10, "r": 10, "t": 50, "b": 40})
     return fig
 
