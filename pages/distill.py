@@ -57,10 +57,10 @@ sid = ui.session_id()
 with st.form("distill_form"):
     left, middle, right = st.columns(3)
     with left:
-        ui.valid_choice("w_dist_teachers", repo.names, multi=True)
+        ui.keep_same_teachers("w_dist_teachers", repo, multi=True)  # the repository in use, never another's
+        ui.take_linked_teacher("w_dist_teachers", repo.names, multi=True)
         if "w_dist_teachers" not in st.session_state:
-            best = st.session_state.get("best_teacher")
-            st.session_state["w_dist_teachers"] = [best if best in repo.names else repo.names[0]]
+            st.session_state["w_dist_teachers"] = [ui.best_teacher(repo) or repo.names[0]]
         teachers = st.multiselect("Teachers", repo.names, key="w_dist_teachers", **ui.PERSIST)
         if "w_dist_methods" not in st.session_state:
             st.session_state["w_dist_methods"] = ["scd", "ce"]

@@ -91,7 +91,7 @@ rank_by = st.columns([2, 3])[0].selectbox(
 ordered = sort_ranking(ranking, rank_by)
 best = str(ordered.index[0])
 ties = ranking.near_ties_for(rank_by)
-st.session_state["best_teacher"] = best
+ui.remember_best_teacher(repo.get(best))
 st.success(f"Best teacher by **{rank_by}**: **{best}**")
 if ties:
     st.warning(f"**Near tie**: the 95% interval of {', '.join(f'**{t}**' for t in ties)} overlaps **{best}**'s, "
@@ -169,5 +169,4 @@ st.divider()
 check_ranking_section(target, repo, ranking)
 
 st.divider()
-st.page_link("pages/transport_plans.py", label=f"Next: how {best}'s labels map onto yours",
-             icon=":material/arrow_forward:")
+ui.next_page_link("pages/transport_plans.py", f"Next: how {best}'s labels map onto yours", teacher=best)

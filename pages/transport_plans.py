@@ -22,9 +22,10 @@ target = ui.require_target()
 repo = ui.require_repository()
 
 names = repo.names
-ui.valid_choice("w_plan_teacher", names)
-if "w_plan_teacher" not in st.session_state and st.session_state.get("best_teacher") in names:
-    st.session_state["w_plan_teacher"] = st.session_state["best_teacher"]
+ui.keep_same_teachers("w_plan_teacher", repo)
+ui.take_linked_teacher("w_plan_teacher", names)
+if "w_plan_teacher" not in st.session_state and ui.best_teacher(repo):
+    st.session_state["w_plan_teacher"] = ui.best_teacher(repo)
 teacher = st.selectbox("Teacher", names, key="w_plan_teacher", **ui.PERSIST,
                        help="The best teacher of the last ranking is chosen first.")
 spec = repo.get(teacher)
@@ -111,4 +112,4 @@ with right:
         st.plotly_chart(fig, key="plan_image_flow")
 
 st.divider()
-st.page_link("pages/distill.py", label=f"Next: distill {teacher} into a student", icon=":material/arrow_forward:")
+ui.next_page_link("pages/distill.py", f"Next: distill {teacher} into a student", teacher=teacher)

@@ -7,6 +7,7 @@ import json
 import re
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
@@ -467,3 +468,39 @@ def test_budgeted_ranking_shows_one_order_explains_rounds_and_the_slider_follows
     last = [i for i, images in enumerate(shown["images"]) if images == shown["images"].max()]
     highlighted = {int(cell.split("_row")[1].split("_")[0]) for cell in re.findall(r"_row\d+_col\d+", styles)}
     assert highlighted and highlighted <= set(last)  # best only among teachers scored on the most images
+
+
+def _next_link(at: AppTest):
+    return next(link for link in at.get("page_link") if link.proto.label.startswith("Next:"))
+
+
+def _follow(at: AppTest, link) -> AppTest:
+    """What a click on a page link does: open its page with its query parameters."""
+    for name, values in parse_qs(link.proto.query_string).items():
+        at.query_params[name] = values[0]
+    at.switch_page(f"pages/{link.proto.page}.py")  # the proto names the page by its URL path
+    return clean(at.run())
+
+
+def test_next_links_open_the_next_page_with_their_teacher_preselected():
+    at = clean(new_app().run())
+    at.switch_page("pages/ranking.py")
+    clean(at.run())
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    best = str(at.dataframe[0].value.index[0])
+    link = _next_link(at)
+    assert best in link.proto.label and parse_qs(link.proto.query_string)["teacher"] == [best]
+    at.selectbox(key="w_rank_by").set_value("nce")  # another best, so the link is what decides
+    clean(at.run())
+    best = str(at.dataframe[0].value.index[0])
+    at = _follow(at, _next_link(at))
+    assert at.selectbox(key="w_plan_teacher").value == best
+
+    at.selectbox(key="w_plan_teacher").set_value("shape_only")
+    clean(at.run())
+    link = _next_link(at)
+    assert link.proto.label == "Next: distill shape_only into a student"
+    at = _follow(at, link)
+    assert at.multiselect(key="w_dist_teachers").value == ["shape_only"]
+    assert "teacher" not in at.query_params  # taken once: a later choice of the user is not overridden

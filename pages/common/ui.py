@@ -51,7 +51,8 @@ from scd_core.runtime.session import (
 APP_TITLE = "Selective cross-task distillation explorer"
 SESSION_PARAM = "s"
 """The URL query parameter carrying the session id (a reload or a bookmark returns to the session)."""
-PERSISTED_KEYS = ("target_spec", "target_label", "teacher_sources", "rankings", "last_ranking_key", "best_teacher")
+PERSISTED_KEYS = ("target_spec", "target_label", "teacher_sources", "rankings", "last_ranking_key", "best_teacher",
+                  "best_teacher_fp")
 """Session-state entries saved with the session, restored when its link is opened again."""
 TOUCH_EVERY_S = 30.0
 
@@ -481,6 +482,73 @@ def valid_choice(key: str, options: Sequence[Any], multi: bool = False) -> None:
             st.session_state[key] = kept
     elif value not in options:
         del st.session_state[key]
+
+
+def remember_best_teacher(spec) -> None:
+    """Record the top of the last ranking (name and fingerprint) for the other pages to preselect."""
+    st.session_state["best_teacher"] = spec.name
+    st.session_state["best_teacher_fp"] = spec.fingerprint
+
+
+def best_teacher(repo) -> str | None:
+    """The last ranking's best teacher when it is this very teacher of ``repo`` (both demo zoos hold an
+    ``untrained`` teacher: a name alone may name another repository's teacher)."""
+    name = st.session_state.get("best_teacher")
+    if name not in repo.names or st.session_state.get("best_teacher_fp") != repo.get(name).fingerprint:
+        return None
+    return name
+
+
+def keep_same_teachers(key: str, repo, multi: bool = False) -> None:
+    """Drop a remembered teacher choice of widget ``key`` that now names another teacher or none.
+
+    Names are compared with their fingerprints as they were when the choice was last shown, so after a
+    switch of the demo zoo a same-named teacher of the other zoo is not silently kept selected."""
+    marker = f"_teachers_of_{key}"
+    now = {spec.name: spec.fingerprint for spec in repo.specs}
+    before = st.session_state.get(marker)
+    st.session_state[marker] = now
+    if key not in st.session_state:
+        return
+    value = st.session_state[key]
+    known = before if before is not None else now
+
+    def same(name: Any) -> bool:
+        return name in now and known.get(name) == now[name]
+
+    if multi:
+        kept = [v for v in (value or []) if same(v)]
+        if not kept:
+            del st.session_state[key]
+        elif kept != list(value or []):
+            st.session_state[key] = kept
+    elif not same(value):
+        del st.session_state[key]
+
+
+TEACHER_PARAM = "teacher"
+"""The URL query parameter by which a "Next" link hands its teacher to the next page."""
+
+
+def next_page_link(page: str, label: str, teacher: str | None = None) -> None:
+    """A "Next: ..." link to ``page`` that opens it with ``teacher`` preselected (and this session)."""
+    params = {SESSION_PARAM: session_id()}
+    if teacher:
+        params[TEACHER_PARAM] = teacher
+    st.page_link(page, label=label, icon=":material/arrow_forward:", query_params=params)
+
+
+def take_linked_teacher(key: str, names: Sequence[str], multi: bool = False) -> str | None:
+    """Preselect the teacher a "Next" link named (``?teacher=``) in widget ``key``; the parameter is consumed,
+    so the user's later choice is not overridden on the next rerun. Returns the teacher, or None."""
+    wanted = st.query_params.get(TEACHER_PARAM)
+    if wanted is None:
+        return None
+    del st.query_params[TEACHER_PARAM]
+    if wanted not in names:
+        return None
+    st.session_state[key] = [wanted] if multi else wanted
+    return wanted
 
 
 def thumbnails(paths: Sequence[Path], captions: Sequence[str] | None = None, per_row: int = 8,
