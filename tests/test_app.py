@@ -504,3 +504,20 @@ def test_next_links_open_the_next_page_with_their_teacher_preselected():
     at = _follow(at, link)
     assert at.multiselect(key="w_dist_teachers").value == ["shape_only"]
     assert "teacher" not in at.query_params  # taken once: a later choice of the user is not overridden
+
+
+def test_image_drill_down_filters_by_class_and_picks_from_thumbnails():
+    at = clean(new_app().run())
+    at.switch_page("pages/transport_plans.py")
+    clean(at.run())
+    at.selectbox(key="w_plan_image_class").set_value("red square")
+    clean(at.run())
+    image = at.selectbox(key="w_plan_image")
+    assert image.options and all(option.endswith("(red square)") for option in image.options)
+    picks = [b for b in at.button if b.key and b.key.startswith("w_plan_pick_")]
+    assert len(picks) == len(image.options) and picks[0].disabled  # one thumbnail per image, the shown one marked
+    picks[1].click()
+    clean(at.run())
+    assert at.selectbox(key="w_plan_image").index == 1
+    assert next(b for b in at.button if b.key == picks[1].key).disabled
+    assert len(plotly_specs(at)) == 3 and "red square" in plotly_specs(at)[2]

@@ -156,6 +156,13 @@ def test_image_flow_splits_each_teacher_class_along_its_plan_row():
     assert arriving["y"] == TARGET and np.allclose(arriving["x"], [0.3, 0.6, 0.0])
     with pytest.raises(ValueError):
         image_flow(["zzz"], [1.0], plan)
+    # every bar and its label fit inside their axis (a 54.9% bar once ran past the right one)
+    layout = spec["layout"]
+    left_end, right_end = layout["xaxis"]["range"][1], layout["xaxis2"]["range"][1]
+    assert layout["xaxis"]["range"][0] == 0 and left_end >= max(total) and left_end <= 1.0
+    assert right_end >= 1.2 * max(arriving["x"]) and arriving["textposition"] == "outside"
+    big = _spec(image_flow(["c"], [0.549], plan))  # all of c's mass goes to owl: one 54.9% bar on the right
+    assert big["layout"]["xaxis2"]["range"][1] > 0.549 * 1.2 and big["data"][-1]["text"][2] == "54.9%"
     assert _spec(image_top5(["a", "b"], [0.7, 0.2]))["data"][0]["y"] == ["a", "b"]
 
 

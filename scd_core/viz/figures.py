@@ -291,7 +291,7 @@ def image_flow(teacher_classes: Sequence[str], probs: Sequence[float], plan: Lab
     fig.add_trace(go.Bar(
         x=arriving.tolist(), y=unique_labels(plan.cols), orientation="h", marker={"color": bar_colours,
                                                                         "line": {"width": line, "color": "black"}},
-        showlegend=False, text=[f"{a:.1%}" for a in arriving], textposition="auto",
+        showlegend=False, text=[f"{a:.1%}" for a in arriving], textposition="outside", cliponaxis=False,
         hovertemplate="target class: %{y}<br>mass from the top classes: %{x:.1%}<extra></extra>",
     ), row=1, col=2)
     fig.update_layout(
@@ -300,8 +300,17 @@ def image_flow(teacher_classes: Sequence[str], probs: Sequence[float], plan: Lab
         legend={"title": {"text": "to target class"}, "orientation": "h", "y": -0.18, "x": 0},
     )
     fig.update_xaxes(tickformat=".0%")
+    # Explicit ranges: plotly's autorange ignores labels drawn outside the bars, so the longest bar's label
+    # (e.g. "54.9%") ran past the axis; the right axis leaves room for it.
+    fig.update_xaxes(range=[0.0, _axis_end(float(flows.sum(axis=1).max(initial=0.0)), 1.05)], row=1, col=1)
+    fig.update_xaxes(range=[0.0, _axis_end(float(arriving.max(initial=0.0)), 1.3)], row=1, col=2)
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
+
+
+def _axis_end(longest: float, room: float) -> float:
+    """The end of a [0, end] value axis: the longest bar plus ``room`` for its label, never empty."""
+    return max(longest * room, 0.05)
 
 
 # ------------------------------------------------------------------------------------------------
