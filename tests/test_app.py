@@ -239,10 +239,12 @@ def test_teacher_upload_hub_name_and_removal(tmp_path):
     assert "untrained" in at.dataframe[0].value.index
 
 
-def test_kd_with_another_label_space_shows_the_engine_message():
+def test_kd_is_refused_before_submit_with_the_engine_reason(tmp_path):
     at = clean(new_app().run())
     at.switch_page("pages/distill.py")
     clean(at.run())
+    assert "kd" in at.multiselect(key="w_dist_methods").options  # near_identical has exactly the shapes classes
+    assert any("**kd** only with near_identical" in c.value for c in at.caption)
     at.multiselect(key="w_dist_teachers").set_value(["superset"])
     at.multiselect(key="w_dist_methods").set_value(["kd"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
@@ -250,8 +252,17 @@ def test_kd_with_another_label_space_shows_the_engine_message():
     at.number_input(key="w_dist_seeds").set_value(1)
     button(at, "Start runs").click()
     clean(at.run())
-    wait_for_runs(at)
-    assert any("label space" in e and "kd" in e for e in errors(at)), errors(at)
+    assert any("Nothing was started" in e and "kd ← superset" in e and "label space" in e for e in errors(at)), \
+        errors(at)
+    assert default_store().jobs(at.session_state["scd_session"]) == []  # refused before anything was queued
+
+    folder = write_image_folder(tmp_path / "pets", {"cat": 4, "dog": 4}, size=16)
+    at.switch_page("app.py")
+    at = upload_target(clean(at.run()), "pets.zip", make_zip(folder, tmp_path / "pets.zip").read_bytes())
+    at.switch_page("pages/distill.py")
+    clean(at.run())
+    assert "kd" not in at.multiselect(key="w_dist_methods").options  # no teacher has exactly cat and dog
+    assert any("**kd** is not offered" in c.value for c in at.caption)
 
 
 def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
@@ -356,7 +367,15 @@ def test_a_reload_with_the_session_link_returns_to_the_uploads_and_runs(tmp_path
     again.switch_page("pages/distill.py")
     wait_for_runs(clean(again.run()))
     assert "Run history (this session)" in headers(again)
-    assert list(again.dataframe[-1].value["status"]) == ["finished"]
+    history = again.dataframe[-1].value
+    assert list(history["status"]) == ["finished"]
+    assert list(history["target"]) == ["upload 'mine.zip'"]  # the name the user knows, not the stored hash name
+    assert history["test acc"].iloc[0] == "—" and history["val acc"].iloc[0].endswith("%")
+    assert any("no test split" in c.value for c in again.caption)
+    # the Distill form comes back as it was submitted
+    assert again.multiselect(key="w_dist_methods").value == ["ce"]
+    assert again.selectbox(key="w_dist_student").value == "test_resnet"
+    assert again.number_input(key="w_dist_epochs").value == 1 and again.number_input(key="w_dist_seeds").value == 1
     assert any(b.label == "Download student (.zip)" for b in again.get("download_button"))
 
     # an unknown id is not adopted: a fresh session without the other's data

@@ -54,6 +54,16 @@ SESSION_PARAM = "s"
 PERSISTED_KEYS = ("target_spec", "target_label", "teacher_sources", "rankings", "last_ranking_key", "best_teacher",
                   "best_teacher_fp")
 """Session-state entries saved with the session, restored when its link is opened again."""
+RESTORED_WIDGETS = (
+    "w_dist_teachers", "w_dist_methods", "w_dist_student", "w_dist_epochs", "w_dist_batch", "w_dist_seed",
+    "w_dist_seeds", "w_dist_lr", "w_dist_weight", "w_dist_weighting", "w_dist_temp", "w_dist_folds",
+    "w_dist_unlabeled",
+    "w_rank_teachers", "w_rank_metrics", "w_rank_budget_on", "w_rank_budget", "w_rank_by",
+    "w_plan_teacher", "w_plan_kind", "w_plan_cost", "w_plan_eps", "w_plan_order", "w_plan_class",
+)
+"""Form and choice widgets whose values are saved with the session, so a reload finds the forms as they were
+(the pages drop a restored value that is no longer among their options). Buttons and uploaders cannot be set."""
+WIDGETS_KEY = "widgets"
 TOUCH_EVERY_S = 30.0
 
 
@@ -94,6 +104,10 @@ def session_id() -> str:
             for key, value in load_session_state(sid).items():
                 if key in PERSISTED_KEYS:
                     st.session_state[key] = value
+                elif key == WIDGETS_KEY and isinstance(value, dict):
+                    for name, widget_value in value.items():
+                        if name in RESTORED_WIDGETS:
+                            st.session_state[name] = widget_value
         else:
             if wanted:
                 st.session_state["session_notice"] = ("The session in this link is unknown or has expired; a new "
@@ -124,6 +138,7 @@ def save_session() -> None:
     if sid is None:
         return
     state = {k: st.session_state[k] for k in PERSISTED_KEYS if k in st.session_state}
+    state[WIDGETS_KEY] = {k: st.session_state[k] for k in RESTORED_WIDGETS if k in st.session_state}
     digest = save_session_state(sid, state, previous=st.session_state.get("_scd_saved"))
     st.session_state["_scd_saved"] = digest
 
@@ -336,6 +351,12 @@ def target_spec() -> str:
         st.session_state["target_spec"] = f"demo:{world}"
         st.session_state["target_label"] = f"demo world '{world}'"
     return st.session_state["target_spec"]
+
+
+def target_label() -> str:
+    """The current target set as the user knows it: ``demo world 'shapes'``, ``upload 'pets.zip'``, ..."""
+    target_spec()
+    return st.session_state.get("target_label") or st.session_state["target_spec"]
 
 
 def set_target(spec: str, label: str) -> None:
