@@ -13,6 +13,7 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
+from scd_core.assess.relatedness import repository_relatedness
 from scd_core.data.targets import SPLITS, TargetSet
 from scd_core.demo.worlds import WORLDS, world_description
 from scd_core.runtime.session import load_uploaded_target, server_paths_allowed
@@ -56,6 +57,47 @@ def _choose_upload(current: str) -> None:
             ui.set_target(loaded.source, f"upload '{upload.name}'")
     if st.session_state.get("upload_error"):
         st.error(f"Upload refused: {st.session_state['upload_error']}", icon=":material/block:")
+
+
+KEEP = "keep the current teachers"
+
+
+def _use_zoo() -> None:
+    """Selectbox callback: pair the target with the chosen demo zoo, then show 'keep' again."""
+    choice = st.session_state.get("w_upload_zoo", KEEP)
+    if choice != KEEP:
+        ui.teacher_sources().demo = choice
+        ui.clear_teacher_cache()
+    st.session_state["w_upload_zoo"] = KEEP
+
+
+def _teachers_for_upload(target: TargetSet) -> None:
+    """Right under an upload: which teacher repository it will be ranked against, a choice of demo zoo, and a
+    warning when that repository looks unrelated to the uploaded classes (an upload used to pair silently
+    with the demo zoo of coloured shapes)."""
+    sources = ui.teacher_sources()
+    collected = ui.collected_teachers()
+    repo = collected.repository
+    count = f" ({len(repo.names)} teachers)" if repo is not None else " (empty)"
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    with left:
+        st.markdown(f"**Teachers for this target:** {ui.repository_label(sources)}{count}. Change them here or on "
+                    "the **Teachers** page.")
+    with right:
+        ui.init_widget("w_upload_zoo", KEEP)
+        st.selectbox("Teacher repository", [KEEP, *WORLDS], key="w_upload_zoo", on_change=_use_zoo,
+                     format_func=lambda w: w if w == KEEP else f"demo zoo '{w}'",
+                     help="The demo zoos are small teachers trained on the demo worlds' images; add your own "
+                          "teachers (a zip, a hub name) on the Teachers page.")
+    if repo is None:
+        return
+    verdict = repository_relatedness(target.class_names, {s.name: s.label_names for s in repo.specs})
+    if verdict.unrelated:
+        st.warning(f"**The teachers look unrelated to your classes**: no teacher of {ui.repository_label(sources)} "
+                   f"has a label name in common with {', '.join(target.class_names[:6])}"
+                   + ("…" if target.num_classes > 6 else "") + " (compared by label name only, before any forward "
+                   "pass). A ranking still works, but the best of unrelated teachers may not help: add teachers "
+                   "trained on images like yours on the **Teachers** page.", icon=":material/warning:")
 
 
 def _choose_folder() -> None:
@@ -133,10 +175,12 @@ def target_page() -> None:
         _choose_folder()
     target = ui.current_target()
     if target is not None:
+        if source == UPLOAD and ui.target_spec().lower().endswith(".zip"):
+            _teachers_for_upload(target)
         _show_target(target)
 
 
-ui.setup_app()
+sidebar = ui.setup_app()
 page = st.navigation([
     st.Page(target_page, title="Target set", icon=":material/target:", default=True),
     st.Page("pages/teachers.py", title="Teachers", icon=":material/school:"),
@@ -150,4 +194,5 @@ try:
 except Exception as exc:  # st.stop and st.rerun are BaseExceptions and pass through
     ui.show_error(exc)
 finally:  # also after st.stop() and reruns: the session's state is saved for a reload or a bookmark
+    ui.fill_sidebar(sidebar)  # after the page: the target and teachers it may just have changed
     ui.save_session()

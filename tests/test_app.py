@@ -540,3 +540,40 @@ def test_image_drill_down_filters_by_class_and_picks_from_thumbnails():
     assert at.selectbox(key="w_plan_image").index == 1
     assert next(b for b in at.button if b.key == picks[1].key).disabled
     assert len(plotly_specs(at)) == 3 and "red square" in plotly_specs(at)[2]
+
+
+def _sidebar_text(at: AppTest) -> str:
+    return " ".join([m.value for m in at.sidebar.markdown] + [c.value for c in at.sidebar.caption])
+
+
+def test_the_sidebar_follows_the_target_at_once_and_an_upload_says_which_teachers_it_gets(tmp_path):
+    ensure_world("digits")  # built here, so the switch below does not wait for a background build
+    at = clean(new_app().run())
+    assert "demo world 'shapes'" in _sidebar_text(at) and "demo zoo 'shapes'" in _sidebar_text(at)
+    at.selectbox(key="w_demo_world").set_value("digits")
+    clean(at.run())
+    assert "Target set: demo world 'digits'" in headers(at)
+    assert "demo world 'digits'" in _sidebar_text(at) and "demo zoo 'digits'" in _sidebar_text(at)  # same run
+
+    folder = write_image_folder(tmp_path / "flowers", {"daisy": 4, "rose": 4, "tulip": 4}, size=16)
+    at = upload_target(at, "flowers.zip", make_zip(folder, tmp_path / "flowers.zip").read_bytes())
+    assert "upload 'flowers.zip'" in _sidebar_text(at)  # the sidebar names the upload in the same run
+    assert any("Teachers for this target:** demo zoo 'digits'" in m.value for m in at.markdown)
+    assert any("look unrelated to your classes" in w.value and "label name only" in w.value for w in at.warning)
+    assert at.selectbox(key="w_upload_zoo").value == "keep the current teachers"
+
+    # a teacher chosen in the digits zoo is not kept when its name names another zoo's teacher
+    at.switch_page("pages/transport_plans.py")
+    clean(at.run())
+    at.selectbox(key="w_plan_teacher").set_value("untrained")
+    clean(at.run())
+    at.switch_page("app.py")
+    clean(at.run())
+    at.selectbox(key="w_upload_zoo").set_value("shapes")
+    clean(at.run())
+    assert "demo zoo 'shapes'" in _sidebar_text(at)
+    assert any("Teachers for this target:** demo zoo 'shapes'" in m.value for m in at.markdown)
+    assert at.selectbox(key="w_upload_zoo").value == "keep the current teachers"
+    at.switch_page("pages/transport_plans.py")
+    clean(at.run())
+    assert at.selectbox(key="w_plan_teacher").value != "untrained"  # shapes' untrained is another teacher

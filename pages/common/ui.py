@@ -199,8 +199,11 @@ def open_requested_page() -> None:
         st.switch_page(page, query_params=st.query_params.to_dict())
 
 
-def setup_app() -> None:
-    """Run by ``app.py`` before every page: page config, settings check, session registration and the sidebar."""
+def setup_app():
+    """Run by ``app.py`` before every page: page config, settings check, session registration and the sidebar.
+
+    Returns the sidebar's slot for the target and teachers lines, which ``app.py`` fills after the page ran
+    (:func:`fill_sidebar`), so they name what the page may just have changed (an upload, a demo world)."""
     st.set_page_config(page_title="SCD explorer", page_icon=":material/hub:", layout="wide")
     try:
         check_environment()
@@ -212,22 +215,37 @@ def setup_app() -> None:
     notice = st.session_state.pop("session_notice", None)
     if notice:
         st.toast(notice, icon=":material/info:")
-    _sidebar()
+    return _sidebar()
 
 
-def _sidebar() -> None:
+def _sidebar():
     with st.sidebar:
         st.markdown(f"**Device in use:** `{device_label(device())}`")
         sidebar_cluster()
+        slot = st.empty()
+        fill_sidebar(slot)  # as it stands now; filled again after the page (see setup_app)
+        _sidebar_jobs()
+    return slot
+
+
+def repository_label(sources: TeacherSources | None) -> str:
+    """The session's teacher repository in words: ``demo zoo 'shapes' + 2 more``."""
+    if sources is None:
+        return "none yet"
+    others = len(sources.uploads) + len(sources.hub) + len(sources.folders)
+    if sources.demo:
+        return f"demo zoo '{sources.demo}'" + (f" + {others} more" if others else "")
+    return f"{others} teacher source{'s' if others != 1 else ''}" if others else "none"
+
+
+def fill_sidebar(slot) -> None:
+    """Write the target set and teacher repository lines of the sidebar into ``slot`` (an ``st.empty``)."""
+    with slot.container():
         label = st.session_state.get("target_label")
         if label:
             st.markdown(f"**Target set:** {label}")
-        sources: TeacherSources | None = st.session_state.get("teacher_sources")
-        if sources is not None and sources.demo:
-            st.caption(f"Teachers: demo zoo `{sources.demo}`"
-                       + (f" + {len(sources.uploads) + len(sources.hub) + len(sources.folders)} more"
-                          if (sources.uploads or sources.hub or sources.folders) else ""))
-        _sidebar_jobs()
+        if label:
+            st.caption(f"Teachers: {repository_label(teacher_sources())}")
 
 
 def _sidebar_jobs() -> None:
