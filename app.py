@@ -17,19 +17,20 @@ from scd_core.assess.relatedness import repository_relatedness
 from scd_core.data.targets import SPLITS, TargetSet
 from scd_core.demo.worlds import WORLDS, world_description
 from scd_core.runtime.session import load_uploaded_target, server_paths_allowed
+from scd_core.sources import parse_source, split_demo
 
 DEMO, UPLOAD, FOLDER = "Demo world", "Upload a .zip", "Server folder"
 
 
 def _choose_demo(current: str) -> None:
-    world_now = current[len("demo:"):] if current.startswith("demo:") else ui.default_world()
+    kind, value = parse_source(current)
+    world_now = split_demo(value)[0] if kind == "demo" else ui.default_world()
     world = st.selectbox("Demo world", WORLDS, index=WORLDS.index(world_now) if world_now in WORLDS else 0,
                          key="w_demo_world", help="Built-in worlds with known good and bad teachers.")
-    if current != f"demo:{world}":
-        ui.set_target(f"demo:{world}", f"demo world '{world}'")
-        sources = ui.teacher_sources()
-        if sources.demo is not None:  # the demo zoo follows the demo world
-            sources.demo = world
+    if current != ui.demo_spec(world):
+        ui.set_target(ui.demo_spec(world), ui.demo_label(world))
+        if ui.teacher_sources().demo is not None:  # the demo zoo follows the demo world
+            ui.set_demo_zoo(world)
     with st.expander(f"About the demo world '{world}'", expanded=False):
         st.markdown(world_description(world))
 
@@ -66,8 +67,7 @@ def _use_zoo() -> None:
     """Selectbox callback: pair the target with the chosen demo zoo, then show 'keep' again."""
     choice = st.session_state.get("w_upload_zoo", KEEP)
     if choice != KEEP:
-        ui.teacher_sources().demo = choice
-        ui.clear_teacher_cache()
+        ui.set_demo_zoo(choice)
     st.session_state["w_upload_zoo"] = KEEP
 
 
@@ -164,7 +164,7 @@ def target_page() -> None:
     )
     sources = [DEMO, UPLOAD] + ([FOLDER] if server_paths_allowed() else [])
     current = ui.target_spec()
-    default = 0 if current.startswith("demo:") else 1 if current.endswith(".zip") else len(sources) - 1
+    default = 0 if parse_source(current)[0] == "demo" else 1 if current.endswith(".zip") else len(sources) - 1
     source = st.radio("Target set", sources, index=min(default, len(sources) - 1), horizontal=True,
                       key="w_target_source")
     if source == DEMO:

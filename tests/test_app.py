@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -577,3 +578,35 @@ def test_the_sidebar_follows_the_target_at_once_and_an_upload_says_which_teacher
     at.switch_page("pages/transport_plans.py")
     clean(at.run())
     assert at.selectbox(key="w_plan_teacher").value != "untrained"  # shapes' untrained is another teacher
+
+
+def test_the_build_notice_gives_the_measured_time_and_offers_the_small_version(tmp_path, monkeypatch, demo_world):
+    """A server whose demo worlds are full size, none built yet: the notice states the measured build time, a
+    button switches this session to the small version (already built here), and once a world is ready the
+    other one is queued to be built ahead of need at low priority."""
+    from scd_core.demo.worlds import world_dir
+    from scd_core.runtime.jobs import BACKGROUND, SHARED_SESSION
+
+    monkeypatch.setenv("SCD_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("SCD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCD_DEMO_SIZE", "full")
+    monkeypatch.setenv("SCD_DEMO_PREBUILD", "1")
+    shutil.copytree(demo_world.root, world_dir("shapes", "small"))
+    store = default_store()
+    at = clean(new_app().run())
+    notice = next(i.value for i in at.info if "Building the demo world" in i.value)
+    assert "full version" in notice and "about 70 s" in notice and "3 min" in notice
+    small = next(b for b in at.button if b.label.startswith("Build the small version instead"))
+    small.click()
+    clean(at.run())
+    full = store.find(SHARED_SESSION, "demo:shapes:full")
+    store.request_cancel(full.id)  # not needed by this test: stop it
+    assert "Target set: demo world 'shapes' (small version)" in headers(at)
+    assert at.session_state["target_spec"] == "demo:shapes@small"  # runs and workers resolve the same world
+    assert "(small version)" in _sidebar_text(at)
+    ahead = store.find(SHARED_SESSION, "demo:digits:small")
+    assert ahead is not None and ahead.lane == BACKGROUND
+    store.request_cancel(ahead.id)
+    at.switch_page("pages/teachers.py")
+    clean(at.run())
+    assert len(at.dataframe[0].value) == 7  # the small zoo of shapes

@@ -35,6 +35,7 @@ from scd_core.runtime.jobs import (
     JobStore,
     default_dispatcher,
     default_store,
+    demo_build_key,
     submit_demo_build,
 )
 from scd_core.runtime.session import (
@@ -52,7 +53,7 @@ APP_TITLE = "Selective cross-task distillation explorer"
 SESSION_PARAM = "s"
 """The URL query parameter carrying the session id (a reload or a bookmark returns to the session)."""
 PERSISTED_KEYS = ("target_spec", "target_label", "teacher_sources", "rankings", "last_ranking_key", "best_teacher",
-                  "best_teacher_fp")
+                  "best_teacher_fp", "demo_size")
 """Session-state entries saved with the session, restored when its link is opened again."""
 RESTORED_WIDGETS = (
     "w_dist_teachers", "w_dist_methods", "w_dist_student", "w_dist_epochs", "w_dist_batch", "w_dist_seed",
@@ -278,38 +279,93 @@ def _sidebar_jobs() -> None:
 
 
 def demo_size() -> str:
-    return settings().demo_size
+    """The demo worlds' size in this session: the server's ``SCD_DEMO_SIZE``, unless the session chose the small
+    version on the build notice."""
+    return st.session_state.get("demo_size") or settings().demo_size
+
+
+def session_demo_size() -> str | None:
+    """The session's demo size when it differs from the server's (it then travels in the source strings)."""
+    size = demo_size()
+    return None if size == settings().demo_size else size
+
+
+def demo_spec(world: str) -> str:
+    """This session's source string of demo world ``world`` (``demo:shapes``, or ``demo:shapes@small``)."""
+    from scd_core.sources import demo_source
+
+    return demo_source(world, session_demo_size())
+
+
+def demo_label(world: str) -> str:
+    return f"demo world '{world}'" + (f" ({demo_size()} version)" if session_demo_size() else "")
+
+
+def set_demo_zoo(world: str | None) -> None:
+    """Use demo world ``world``'s teacher zoo (of this session's size); None: no demo zoo."""
+    sources = teacher_sources()
+    sources.demo = world
+    sources.demo_size = session_demo_size() if world else None
+    clear_teacher_cache()
 
 
 def default_world() -> str:
     return settings().demo_world
 
 
-def demo_world_ready(world: str) -> bool:
+def demo_world_ready(world: str, size: str | None = None) -> bool:
     from scd_core.demo.worlds import MANIFEST_NAME, world_dir
 
-    return (world_dir(world, demo_size()) / MANIFEST_NAME).is_file()
+    return (world_dir(world, size or demo_size()) / MANIFEST_NAME).is_file()
 
 
-def ensure_demo(world: str) -> None:
-    """Return when demo world ``world`` is built; otherwise build it in the background, show its progress
-    (the page reruns by itself when the world is ready) and stop the page here."""
-    if demo_world_ready(world):
+def _use_small_demo() -> None:
+    """Build-notice button: this session switches to the small demo worlds (built in seconds)."""
+    from scd_core.sources import parse_source, split_demo
+
+    st.session_state["demo_size"] = "small"
+    kind, value = parse_source(target_spec())
+    if kind == "demo":
+        world = split_demo(value)[0]
+        set_target(demo_spec(world), demo_label(world))
+    sources = teacher_sources()
+    if sources.demo:
+        set_demo_zoo(sources.demo)
+
+
+def ensure_demo(world: str, size: str | None = None) -> None:
+    """Return when demo world ``world`` (of ``size``, default this session's) is built; otherwise build it in
+    the background, show its progress (the page reruns by itself when the world is ready) and stop the page here.
+
+    Once a world is ready, the other demo worlds are queued to be built ahead of need at the lowest priority
+    (``SCD_DEMO_PREBUILD``), so a later switch of world does not wait."""
+    from scd_core.demo.worlds import BUILD_SECONDS
+
+    size = size or demo_size()
+    if demo_world_ready(world, size):
+        _prebuild_other_worlds(size)
         return
     store = job_store()
-    key = f"demo:{world}:{demo_size()}"
+    key = demo_build_key(world, size)
     job = store.find(SHARED_SESSION, key)
-    if job is None or job.status not in {JobStatus.FAILED, *[s for s in JobStatus if s.active]}:
-        submit_demo_build(store, world, demo_size())
+    if job is None or job.status != JobStatus.FAILED:
+        submit_demo_build(store, world, size)  # joins a build in progress; one built ahead of need moves up
         dispatcher().kick()
 
-    st.info(f"Building the demo world **{world}** (first launch only): drawing the target set and training "
-            "its teacher zoo on this machine. The page continues by itself when it is ready.",
-            icon=":material/construction:")
+    quiet, busy = BUILD_SECONDS.get(size, BUILD_SECONDS["full"])
+    st.info(f"Building the demo world **{world}** ({size} version, first use only): drawing the target set and "
+            f"training its teacher zoo on this machine. Measured on 2 CPU cores: about {quiet} s when the machine "
+            f"is quiet, up to {busy // 60} min {busy % 60:02d} s when it is busy. The page continues by itself "
+            "when it is ready.", icon=":material/construction:")
+    if size != "small":
+        small_quiet, small_busy = BUILD_SECONDS["small"]
+        st.button(f"Build the small version instead (about {small_quiet}-{small_busy} s: fewer images, teachers "
+                  "partly trained)", key=f"w_demo_small_{world}", on_click=_use_small_demo,
+                  help="For this session only; the full version keeps building for later.")
 
     def poll() -> None:
         current = store.find(SHARED_SESSION, key)
-        if current is None or demo_world_ready(world) or current.status == JobStatus.FINISHED:
+        if current is None or demo_world_ready(world, size) or current.status == JobStatus.FINISHED:
             st.rerun(scope="app")
         if not current.active:
             st.error(f"Building the demo world failed: {current.error or current.status}")
@@ -321,6 +377,27 @@ def ensure_demo(world: str) -> None:
 
     st.fragment(poll, run_every="1s")()
     st.stop()
+
+
+def _prebuild_other_worlds(size: str) -> None:
+    """Queue background builds of the demo worlds not built yet (once per session and size)."""
+    flag = f"_scd_prebuild_{size}"
+    if st.session_state.get(flag) or not settings().demo_prebuild:
+        return
+    st.session_state[flag] = True
+    from scd_core.demo.worlds import WORLDS
+
+    store = job_store()
+    queued = False
+    for other in WORLDS:
+        if demo_world_ready(other, size):
+            continue
+        job = store.find(SHARED_SESSION, demo_build_key(other, size))
+        if job is None or job.status not in (JobStatus.FAILED, JobStatus.FINISHED, *[s for s in JobStatus if s.active]):
+            submit_demo_build(store, other, size, background=True)
+            queued = True
+    if queued:
+        dispatcher().kick()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,12 +424,15 @@ def load_target_spec(spec: str):
     """The validated target set of ``spec`` (cached per spec and file stamp). Raises TargetSetError."""
     from scd_core.sources import parse_source
 
-    kind, world = parse_source(spec)
+    kind, value = parse_source(spec)
     if kind == "demo":
-        ensure_demo(world)
         from scd_core.demo.worlds import world_dir
+        from scd_core.sources import split_demo
 
-        return _load_target_cached(spec, None, _stamp(world_dir(world, demo_size())))
+        world, size = split_demo(value)
+        size = size or settings().demo_size  # a spec without @size names the server's size
+        ensure_demo(world, size)
+        return _load_target_cached(spec, None, _stamp(world_dir(world, size)))
     path = Path(spec)
     extract = str(session_dir(session_id(), "targets")) if path.suffix.lower() == ".zip" else None
     target = _load_target_cached(spec, extract, _stamp(path))
@@ -366,8 +446,8 @@ def load_target_spec(spec: str):
 def target_spec() -> str:
     if "target_spec" not in st.session_state:
         world = default_world()
-        st.session_state["target_spec"] = f"demo:{world}"
-        st.session_state["target_label"] = f"demo world '{world}'"
+        st.session_state["target_spec"] = demo_spec(world)
+        st.session_state["target_label"] = demo_label(world)
     return st.session_state["target_spec"]
 
 
@@ -408,9 +488,12 @@ def require_target():
 
 def teacher_sources() -> TeacherSources:
     if "teacher_sources" not in st.session_state:
-        spec = target_spec()
-        world = spec[len("demo:"):] if spec.startswith("demo:") else default_world()
-        st.session_state["teacher_sources"] = TeacherSources(demo=world, folders=configured_teacher_folders())
+        from scd_core.sources import parse_source, split_demo
+
+        kind, value = parse_source(target_spec())
+        world = split_demo(value)[0] if kind == "demo" else default_world()
+        st.session_state["teacher_sources"] = TeacherSources(demo=world, folders=configured_teacher_folders(),
+                                                             demo_size=session_demo_size())
     return st.session_state["teacher_sources"]
 
 
@@ -423,10 +506,10 @@ def collected_teachers():
     """The session's teachers (:class:`scd_core.runtime.session.CollectedTeachers`), cached per sources."""
     sources = teacher_sources()
     if sources.demo:
-        ensure_demo(sources.demo)
+        ensure_demo(sources.demo, sources.demo_size or settings().demo_size)
     stamps = tuple(_stamp(Path(p)) for p in (*sources.folders, *sources.uploads))
     copy = TeacherSources(sources.demo, list(sources.folders), list(sources.uploads), list(sources.hub),
-                          list(sources.hidden))
+                          list(sources.hidden), sources.demo_size)
     return _collect_cached(copy, stamps)
 
 

@@ -28,7 +28,7 @@ from scd_core.data.targets import TargetSet, extraction_dir, load_target
 from scd_core.errors import ScdError, TargetSetError, TeacherError
 from scd_core.fingerprint import bytes_sha256
 from scd_core.runtime.workspace import enforce_limit, subdir, workspace_dir
-from scd_core.sources import open_repository
+from scd_core.sources import demo_source, open_repository
 from scd_core.teachers.repository import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
@@ -280,9 +280,11 @@ class TeacherSources:
     uploads: list[str] = field(default_factory=list)  # uploaded teacher folders (session)
     hub: list[str] = field(default_factory=list)  # hf-hub:<repo> names and timm pretrained tags
     hidden: list[str] = field(default_factory=list)  # teacher names removed from view
+    demo_size: str | None = None  # the demo zoo's size when not the server's SCD_DEMO_SIZE (a session's choice)
 
     def key(self) -> tuple:
-        return (self.demo, tuple(self.folders), tuple(self.uploads), tuple(self.hub), tuple(self.hidden))
+        return (self.demo, tuple(self.folders), tuple(self.uploads), tuple(self.hub), tuple(self.hidden),
+                self.demo_size)
 
 
 @dataclass
@@ -314,7 +316,7 @@ def collect_teachers(sources: TeacherSources) -> CollectedTeachers:
 
     if sources.demo:
         try:
-            add(open_repository(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
+            add(open_repository(demo_source(sources.demo, sources.demo_size)).specs, f"demo zoo '{sources.demo}'")
         except ScdError as exc:
             errors.append(str(exc))
     for folder in sources.folders:
