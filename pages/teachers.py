@@ -44,7 +44,15 @@ else:
     st.subheader(f"{len(rows)} teachers")
     st.dataframe(pd.DataFrame(rows).set_index("teacher"), width="stretch",
                  column_config={"classes": st.column_config.NumberColumn("label-space size", format="%d"),
-                                "description": st.column_config.TextColumn(width="large")})
+                                "description": st.column_config.TextColumn(
+                                    width="large", help="Cut to the column's width here: the full descriptions "
+                                                        "are listed under the table.")})
+    # A table cell does not wrap: the descriptions, which say what each teacher knows, in full
+    described = [spec for spec in repo.specs if spec.description]
+    if described:
+        st.markdown("**What each teacher is**")
+        st.markdown("\n".join(f"- **{spec.name}** ({spec.num_classes} classes): {spec.description}"
+                               for spec in described))
     with st.expander("Label names of a teacher"):
         ui.valid_choice("w_teacher_labels", repo.names)
         name = st.selectbox("Teacher", repo.names, key="w_teacher_labels")
@@ -113,8 +121,7 @@ with tab_objs[2]:
                              key="w_demo_zoo_world", disabled=not include)
     wanted = zoo_world if include else None
     if wanted != sources.demo:
-        sources.demo = wanted
-        ui.clear_teacher_cache()
+        ui.set_demo_zoo(wanted)
         st.rerun()
 
 if server_paths_allowed():
