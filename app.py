@@ -38,8 +38,9 @@ def _choose_demo(current: str) -> None:
 def _choose_upload(current: str) -> None:
     st.markdown(
         "A **.zip** of an ImageFolder (`<class>/<image>`, optionally `train/`, `val/`, `test/` split folders and "
-        "an `unlabeled/` folder) or of images with a CSV `path,label[,split]`. PNG, JPEG, BMP, GIF, WebP, TIFF."
+        "an `unlabeled/` folder) or of images with a CSV `path,label[,split]`."
     )
+    st.caption(ui.upload_limits())
     upload = st.file_uploader("Target set (.zip)", type=["zip"], key="w_target_upload")
     if upload is None:
         if not current.endswith(".zip"):
@@ -49,13 +50,17 @@ def _choose_upload(current: str) -> None:
     if st.session_state.get("upload_signature") != signature:  # a new file: check it once
         st.session_state["upload_signature"] = signature
         st.session_state.pop("upload_error", None)
+        bar = st.progress(0.0, text=f"Checking {upload.name}…")
         try:
-            with st.spinner(f"Checking {upload.name}…"):
-                loaded = load_uploaded_target(ui.session_id(), upload.name, upload.getvalue())
+            loaded = load_uploaded_target(ui.session_id(), upload.name, upload.getvalue(),
+                                          progress=ui.progress_callback(bar))
         except Exception as exc:
             st.session_state["upload_error"] = ui.error_message(exc)
         else:
+            ui.keep_loaded_target(loaded)  # validated once: the page below does not check every image again
             ui.set_target(loaded.source, f"upload '{upload.name}'")
+        finally:
+            bar.empty()
     if st.session_state.get("upload_error"):
         st.error(f"Upload refused: {st.session_state['upload_error']}", icon=":material/block:")
 

@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
+from scd_core.config import settings
 from scd_core.demo.worlds import WORLDS
 from scd_core.runtime.session import (
     add_uploaded_teacher,
@@ -67,6 +68,8 @@ tab_objs = st.tabs(tabs)
 with tab_objs[0]:
     st.markdown("A .zip of one teacher folder: `config.json` and `model.safetensors` (pickled `.bin`/`.pth` "
                 "weights are refused in uploads). The teacher is named after its folder.")
+    st.caption(f"Limits: a .zip of at most {st.get_option('server.maxUploadSize'):,} MB. Large heads are refused "
+               f"above {settings().max_teacher_classes:,} classes.")
     upload = st.file_uploader("Teacher (.zip)", type=["zip"], key="w_teacher_upload")
     if upload is not None:
         signature = (upload.name, upload.size, getattr(upload, "file_id", ""))

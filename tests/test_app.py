@@ -171,6 +171,9 @@ def test_upload_of_a_real_zip_of_png_files(tmp_path):
     at = upload_target(clean(new_app().run()), "flowers.zip", data)
     assert not errors(at)
     assert "Target set: upload 'flowers.zip'" in headers(at)
+    limits = next(c.value for c in at.caption if c.value.startswith("Limits:"))  # read from the settings
+    assert "100,000 files" in limits and "2 GiB uncompressed" in limits and "64 megapixels" in limits
+    assert ".png" in limits and ".tiff" in limits
     assert list(at.dataframe[0].value.index) == ["daisy", "rose", "tulip"]
     at.switch_page("pages/ranking.py")
     clean(at.run())

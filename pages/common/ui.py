@@ -420,6 +420,32 @@ def _load_target_cached(spec: str, extract_dir: str | None, stamp: str):
     return load_target(spec, extract_dir=Path(extract_dir) if extract_dir else None)
 
 
+@st.cache_resource(show_spinner=False)
+def _fresh_uploads() -> dict:
+    return {}
+
+
+def keep_loaded_target(target) -> None:
+    """Hand a target set validated by an upload to :func:`load_target_spec`, so that it is not validated a
+    second time (checking 30,000 images takes minutes)."""
+    store = _fresh_uploads()
+    if len(store) >= 16:
+        store.pop(next(iter(store)))
+    store[(target.source, _stamp(Path(target.source)))] = target
+
+
+def upload_limits() -> str:
+    """What an upload may hold, in words, from the server's settings (shown beside the uploaders)."""
+    from scd_core.data.images import IMAGE_SUFFIXES
+
+    config = settings()
+    formats = " ".join(sorted(IMAGE_SUFFIXES))
+    return (f"Limits: a .zip of at most {st.get_option('server.maxUploadSize'):,} MB, holding at most "
+            f"{config.archive_max_files:,} files and {config.archive_max_bytes / (1 << 30):.3g} GiB uncompressed; "
+            f"images of at most {config.max_image_pixels / 1e6:.0f} megapixels each ({formats}). A large upload "
+            "takes a while to check (every image is opened): a progress bar shows how far it is.")
+
+
 def load_target_spec(spec: str):
     """The validated target set of ``spec`` (cached per spec and file stamp). Raises TargetSetError."""
     from scd_core.sources import parse_source
@@ -434,6 +460,9 @@ def load_target_spec(spec: str):
         ensure_demo(world, size)
         return _load_target_cached(spec, None, _stamp(world_dir(world, size)))
     path = Path(spec)
+    fresh = _fresh_uploads().get((spec, _stamp(path)))
+    if fresh is not None and fresh.items and Path(fresh.items[0].path).exists():
+        return fresh
     extract = str(session_dir(session_id(), "targets")) if path.suffix.lower() == ".zip" else None
     target = _load_target_cached(spec, extract, _stamp(path))
     if target.items and not Path(target.items[0].path).exists():

@@ -27,6 +27,7 @@ from scd_core.data.archives import ArchiveLimits, safe_extract_zip, single_top_f
 from scd_core.data.targets import TargetSet, extraction_dir, load_target
 from scd_core.errors import ScdError, TargetSetError, TeacherError
 from scd_core.fingerprint import bytes_sha256
+from scd_core.progress import ProgressFn, emit
 from scd_core.runtime.workspace import enforce_limit, subdir, workspace_dir
 from scd_core.sources import demo_source, open_repository
 from scd_core.teachers.repository import (
@@ -153,18 +154,21 @@ def _upload_message(exc: BaseException, filename: str, paths: list[Path], stored
 
 
 def load_uploaded_target(session_id: str, filename: str, data: bytes, *,
-                         limits: ArchiveLimits | None = None) -> TargetSet:
+                         limits: ArchiveLimits | None = None, progress: ProgressFn | None = None) -> TargetSet:
     """Save, extract and validate an uploaded target zip; on any problem remove what was written.
 
     The error message names the file inside the upload (``pets.zip/cat/3.png: ...``), never the
-    server's folders. ``limits`` default to :meth:`ArchiveLimits.from_env`.
+    server's folders. ``limits`` default to :meth:`ArchiveLimits.from_env`. ``progress`` hears the
+    extraction and the check of every image, with fractions that only grow (a 30,000-image upload takes
+    minutes on a small server: the user sees it move).
     """
+    emit(progress, f"saving {filename}", 0.0, "save")
     path = save_upload(session_id, filename, data, "targets", TargetSetError)
     extract_dir = session_dir(session_id, "targets")
     dest = extraction_dir(path, extract_dir)
     existed = dest.exists()
     try:
-        target = load_target(path, extract_dir=extract_dir, limits=limits)
+        target = load_target(path, extract_dir=extract_dir, limits=limits, progress=progress)
     except BaseException as exc:
         if not existed:
             shutil.rmtree(dest, ignore_errors=True)
