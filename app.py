@@ -185,7 +185,7 @@ def target_page() -> None:
         _show_target(target)
 
 
-sidebar = ui.setup_app()
+ui.setup_app()
 page = st.navigation([
     st.Page(target_page, title="Target set", icon=":material/target:", default=True),
     st.Page("pages/teachers.py", title="Teachers", icon=":material/school:"),
@@ -199,5 +199,5 @@ try:
 except Exception as exc:  # st.stop and st.rerun are BaseExceptions and pass through
     ui.show_error(exc)
 finally:  # also after st.stop() and reruns: the session's state is saved for a reload or a bookmark
-    ui.fill_sidebar(sidebar)  # after the page: the target and teachers it may just have changed
     ui.save_session()
+    ui.refresh_sidebar(last=True)  # after the page: the target and teachers it may just have changed

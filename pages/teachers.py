@@ -43,17 +43,15 @@ else:
             "weights": "in HF cache" if cached else ("not in HF cache" if cached is False else "local"),
         })
     st.subheader(f"{len(rows)} teachers")
-    st.dataframe(pd.DataFrame(rows).set_index("teacher"), width="stretch",
-                 column_config={"classes": st.column_config.NumberColumn("label-space size", format="%d"),
-                                "description": st.column_config.TextColumn(
-                                    width="large", help="Cut to the column's width here: the full descriptions "
-                                                        "are listed under the table.")})
-    # A table cell does not wrap: the descriptions, which say what each teacher knows, in full
+    table = pd.DataFrame(rows).set_index("teacher")
+    # A table cell does not wrap and cut the descriptions off: they are listed in full under the table (the
+    # column stays in the data, hidden, for search and tests)
+    st.dataframe(table, width="stretch", column_order=[c for c in table.columns if c != "description"],
+                 column_config={"classes": st.column_config.NumberColumn("label-space size", format="%d")})
     described = [spec for spec in repo.specs if spec.description]
     if described:
-        st.markdown("**What each teacher is**")
-        st.markdown("\n".join(f"- **{spec.name}** ({spec.num_classes} classes): {spec.description}"
-                               for spec in described))
+        st.markdown("**What each teacher is**\n\n" + "\n".join(f"- **{spec.name}**: {spec.description}"
+                                                              for spec in described))
     with st.expander("Label names of a teacher"):
         ui.valid_choice("w_teacher_labels", repo.names)
         name = st.selectbox("Teacher", repo.names, key="w_teacher_labels")

@@ -78,7 +78,8 @@ def test_a_budgeted_ranking_bar_keeps_the_ranking_order_and_fades_earlier_rounds
     order = ["final_high", "final_low", "middle", "early_high"]
     assert bar["y"] == order == list(sort_ranking(ranking, "scd").index)
     assert bar["marker"]["opacity"] == [1.0, 1.0, 0.45, 0.45]
-    assert "round 0, 10 images" in bar["text"][-1]
+    spec = _spec(ranking_bar(ranking, "scd"))
+    assert "round 0, 10 images" in spec["layout"]["yaxis"]["ticktext"][-1] and "round 0" in bar["hovertext"][-1]
     best = bar["marker"]["color"][0]
     assert best.lower() not in ("#d62728", "red", "#ff4b4b", "#ff0000") and best != bar["marker"]["color"][1]
     assert ranking.rounds() == {0: (10, 1), 1: (20, 1), 2: (40, 2)}

@@ -16,6 +16,7 @@ State kept in ``st.session_state`` (plain data, per browser session; the entries
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -200,11 +201,15 @@ def open_requested_page() -> None:
         st.switch_page(page, query_params=st.query_params.to_dict())
 
 
-def setup_app():
+_SIDEBAR = threading.local()  # this script run's sidebar slot (each browser session's run is one thread)
+
+
+def setup_app() -> None:
     """Run by ``app.py`` before every page: page config, settings check, session registration and the sidebar.
 
-    Returns the sidebar's slot for the target and teachers lines, which ``app.py`` fills after the page ran
-    (:func:`fill_sidebar`), so they name what the page may just have changed (an upload, a demo world)."""
+    The sidebar's target and teachers lines are a slot that :func:`refresh_sidebar` fills again after the
+    page ran (``app.py``) or before it stops (:func:`ensure_demo`): they then name what the page may just have
+    changed (an upload, a demo world). Nothing can be written once ``st.stop()`` was called."""
     st.set_page_config(page_title="SCD explorer", page_icon=":material/hub:", layout="wide")
     try:
         check_environment()
@@ -216,17 +221,26 @@ def setup_app():
     notice = st.session_state.pop("session_notice", None)
     if notice:
         st.toast(notice, icon=":material/info:")
-    return _sidebar()
+    _sidebar()
 
 
-def _sidebar():
+def _sidebar() -> None:
     with st.sidebar:
         st.markdown(f"**Device in use:** `{device_label(device())}`")
         sidebar_cluster()
-        slot = st.empty()
-        fill_sidebar(slot)  # as it stands now; filled again after the page (see setup_app)
+        _SIDEBAR.slot = st.empty()
+        refresh_sidebar()  # as it stands now; filled again after the page (see setup_app)
         _sidebar_jobs()
-    return slot
+
+
+def refresh_sidebar(last: bool = False) -> None:
+    """Write the sidebar's target set and teacher repository lines as they stand now; ``last``: at the end of
+    the run (the slot is forgotten first, so a later run never writes into this run's element)."""
+    slot = getattr(_SIDEBAR, "slot", None)
+    if last:
+        _SIDEBAR.slot = None
+    if slot is not None:
+        fill_sidebar(slot)
 
 
 def repository_label(sources: TeacherSources | None) -> str:
@@ -242,7 +256,7 @@ def repository_label(sources: TeacherSources | None) -> str:
 def fill_sidebar(slot) -> None:
     """Write the target set and teacher repository lines of the sidebar into ``slot`` (an ``st.empty``)."""
     with slot.container():
-        label = st.session_state.get("target_label")
+        label = target_label()
         if label:
             st.markdown(f"**Target set:** {label}")
         if label:
@@ -354,9 +368,9 @@ def ensure_demo(world: str, size: str | None = None) -> None:
 
     quiet, busy = BUILD_SECONDS.get(size, BUILD_SECONDS["full"])
     st.info(f"Building the demo world **{world}** ({size} version, first use only): drawing the target set and "
-            f"training its teacher zoo on this machine. Measured on 2 CPU cores: about {quiet} s when the machine "
-            f"is quiet, up to {busy // 60} min {busy % 60:02d} s when it is busy. The page continues by itself "
-            "when it is ready.", icon=":material/construction:")
+            f"training its teacher zoo on this machine. Measured on 2 CPU cores: about {_duration(quiet)} when "
+            f"the machine is quiet, up to {_duration(busy)} when it is busy. The page continues by itself when it "
+            "is ready.", icon=":material/construction:")
     if size != "small":
         small_quiet, small_busy = BUILD_SECONDS["small"]
         st.button(f"Build the small version instead (about {small_quiet}-{small_busy} s: fewer images, teachers "
@@ -376,7 +390,12 @@ def ensure_demo(world: str, size: str | None = None) -> None:
         st.progress(current.progress, text=current.message)
 
     st.fragment(poll, run_every="1s")()
+    refresh_sidebar()  # the page may have just chosen this world: the sidebar says so before the stop
     st.stop()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _prebuild_other_worlds(size: str) -> None:

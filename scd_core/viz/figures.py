@@ -99,8 +99,7 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
         customdata=values.tolist(), text=[f"{v:.4g}" for v in values], textposition="auto",
         hovertemplate="teacher: %{y}<br>value: %{customdata:.5g}<extra></extra>",
     )
-    if ranking.budget is not None:
-        bar["text"] = [f"{v:.4g} · round {t.round}, {t.images} images" for v, t in zip(values, ordered)]
+    rounds = [f"round {t.round}, {t.images} images" for t in ordered]
     intervals = [t.intervals.get(metric) for t in ordered]
     if any(iv is not None for iv in intervals):
         low = np.array([iv[0] if iv is not None else v for iv, v in zip(intervals, values)], dtype=float)
@@ -112,9 +111,15 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
                                 "[%{customdata[1]:.5g}, %{customdata[2]:.5g}]<extra></extra>")
         bar["customdata"] = np.column_stack([values, low, high]).tolist()
         ties = set(ranking.near_ties_for(metric))
-        bar["marker_pattern_shape"] = ["/" if n in ties else "" for n in names]
+        bar["marker"]["pattern"] = {"shape": ["/" if n in ties else "" for n in names]}
+    if ranking.budget is not None:  # each teacher's round and image count, in the hover and the axis labels
+        bar["hovertext"] = rounds
+        bar["hovertemplate"] = bar["hovertemplate"].replace("<extra>", "<br>%{hovertext}<extra>")
     fig = go.Figure(go.Bar(**bar))
     arrow = "→ better" if higher else "← better"
+    if ranking.budget is not None:
+        fig.update_yaxes(tickmode="array", tickvals=names,
+                         ticktext=[f"{n}<br><sub>{r}</sub>" for n, r in zip(names, rounds)])
     fig.update_layout(
         title=f"{metric} per teacher ({direction_label(higher)}; best highlighted"
               + ("; last round first, earlier rounds faded)" if ranking.budget is not None else ")"),
