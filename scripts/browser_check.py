@@ -370,7 +370,9 @@ def run(args: argparse.Namespace) -> int:
             page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
             d.idle()
             d.wait_text("Start runs", timeout=120)
-            restored = page.get_by_text("test_resnet", exact=True).count() > 0  # the student chosen above
+            box = page.get_by_test_id("stSelectbox").filter(has_text="Student architecture").first
+            shown = box.inner_text() + " ".join(i.input_value() for i in box.locator("input").all())
+            restored = "test_resnet" in shown  # the student chosen above
             d.shot("12_distill_after_reload", "after a reload: the Distill form as it was submitted")
             if not restored:
                 d.steps[-1]["errors"].append("the Distill form was not restored after a reload (student)")
