@@ -188,9 +188,7 @@ def run_runtime(args: argparse.Namespace) -> int:
             d.idle()
             d.wait_text("Images per class and split", timeout=args.build_timeout)
             d.idle()
-            page.get_by_text("Next: distill superset into a student", exact=True).first.click()
-            d.idle()
-            d.wait_text("Start runs", timeout=120)
+            d.nav("Distill")
             d.choose("Student architecture", "test_resnet")
             methods = page.get_by_test_id("stMultiSelect").filter(has_text="Methods").first
             for _ in range(3):  # keep only ce: one run, no teacher
