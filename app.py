@@ -13,22 +13,24 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
+from scd_core.assess.relatedness import repository_relatedness
 from scd_core.data.targets import SPLITS, TargetSet
 from scd_core.demo.worlds import WORLDS, world_description
 from scd_core.runtime.session import load_uploaded_target, server_paths_allowed
+from scd_core.sources import parse_source, split_demo
 
 DEMO, UPLOAD, FOLDER = "Demo world", "Upload a .zip", "Server folder"
 
 
 def _choose_demo(current: str) -> None:
-    world_now = current[len("demo:"):] if current.startswith("demo:") else ui.default_world()
+    kind, value = parse_source(current)
+    world_now = split_demo(value)[0] if kind == "demo" else ui.default_world()
     world = st.selectbox("Demo world", WORLDS, index=WORLDS.index(world_now) if world_now in WORLDS else 0,
                          key="w_demo_world", help="Built-in worlds with known good and bad teachers.")
-    if current != f"demo:{world}":
-        ui.set_target(f"demo:{world}", f"demo world '{world}'")
-        sources = ui.teacher_sources()
-        if sources.demo is not None:  # the demo zoo follows the demo world
-            sources.demo = world
+    if current != ui.demo_spec(world):
+        ui.set_target(ui.demo_spec(world), ui.demo_label(world))
+        if ui.teacher_sources().demo is not None:  # the demo zoo follows the demo world
+            ui.set_demo_zoo(world)
     with st.expander(f"About the demo world '{world}'", expanded=False):
         st.markdown(world_description(world))
 
@@ -36,8 +38,9 @@ def _choose_demo(current: str) -> None:
 def _choose_upload(current: str) -> None:
     st.markdown(
         "A **.zip** of an ImageFolder (`<class>/<image>`, optionally `train/`, `val/`, `test/` split folders and "
-        "an `unlabeled/` folder) or of images with a CSV `path,label[,split]`. PNG, JPEG, BMP, GIF, WebP, TIFF."
+        "an `unlabeled/` folder) or of images with a CSV `path,label[,split]`."
     )
+    st.caption(ui.upload_limits())
     upload = st.file_uploader("Target set (.zip)", type=["zip"], key="w_target_upload")
     if upload is None:
         if not current.endswith(".zip"):
@@ -47,15 +50,59 @@ def _choose_upload(current: str) -> None:
     if st.session_state.get("upload_signature") != signature:  # a new file: check it once
         st.session_state["upload_signature"] = signature
         st.session_state.pop("upload_error", None)
+        bar = st.progress(0.0, text=f"Checking {upload.name}…")
         try:
-            with st.spinner(f"Checking {upload.name}…"):
-                loaded = load_uploaded_target(ui.session_id(), upload.name, upload.getvalue())
+            loaded = load_uploaded_target(ui.session_id(), upload.name, upload.getvalue(),
+                                          progress=ui.progress_callback(bar))
         except Exception as exc:
             st.session_state["upload_error"] = ui.error_message(exc)
         else:
+            ui.keep_loaded_target(loaded)  # validated once: the page below does not check every image again
             ui.set_target(loaded.source, f"upload '{upload.name}'")
+        finally:
+            bar.empty()
     if st.session_state.get("upload_error"):
         st.error(f"Upload refused: {st.session_state['upload_error']}", icon=":material/block:")
+
+
+KEEP = "keep the current teachers"
+
+
+def _use_zoo() -> None:
+    """Selectbox callback: pair the target with the chosen demo zoo, then show 'keep' again."""
+    choice = st.session_state.get("w_upload_zoo", KEEP)
+    if choice != KEEP:
+        ui.set_demo_zoo(choice)
+    st.session_state["w_upload_zoo"] = KEEP
+
+
+def _teachers_for_upload(target: TargetSet) -> None:
+    """Right under an upload: which teacher repository it will be ranked against, a choice of demo zoo, and a
+    warning when that repository looks unrelated to the uploaded classes (an upload used to pair silently
+    with the demo zoo of coloured shapes)."""
+    sources = ui.teacher_sources()
+    collected = ui.collected_teachers()
+    repo = collected.repository
+    count = f" ({len(repo.names)} teachers)" if repo is not None else " (empty)"
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    with left:
+        st.markdown(f"**Teachers for this target:** {ui.repository_label(sources)}{count}. Change them here or on "
+                    "the **Teachers** page.")
+    with right:
+        ui.init_widget("w_upload_zoo", KEEP)
+        st.selectbox("Teacher repository", [KEEP, *WORLDS], key="w_upload_zoo", on_change=_use_zoo,
+                     format_func=lambda w: w if w == KEEP else f"demo zoo '{w}'",
+                     help="The demo zoos are small teachers trained on the demo worlds' images; add your own "
+                          "teachers (a zip, a hub name) on the Teachers page.")
+    if repo is None:
+        return
+    verdict = repository_relatedness(target.class_names, {s.name: s.label_names for s in repo.specs})
+    if verdict.unrelated:
+        st.warning(f"**The teachers look unrelated to your classes**: no teacher of {ui.repository_label(sources)} "
+                   f"has a label name in common with {', '.join(target.class_names[:6])}"
+                   + ("…" if target.num_classes > 6 else "") + " (compared by label name only, before any forward "
+                   "pass). A ranking still works, but the best of unrelated teachers may not help: add teachers "
+                   "trained on images like yours on the **Teachers** page.", icon=":material/warning:")
 
 
 def _choose_folder() -> None:
@@ -122,7 +169,7 @@ def target_page() -> None:
     )
     sources = [DEMO, UPLOAD] + ([FOLDER] if server_paths_allowed() else [])
     current = ui.target_spec()
-    default = 0 if current.startswith("demo:") else 1 if current.endswith(".zip") else len(sources) - 1
+    default = 0 if parse_source(current)[0] == "demo" else 1 if current.endswith(".zip") else len(sources) - 1
     source = st.radio("Target set", sources, index=min(default, len(sources) - 1), horizontal=True,
                       key="w_target_source")
     if source == DEMO:
@@ -133,6 +180,8 @@ def target_page() -> None:
         _choose_folder()
     target = ui.current_target()
     if target is not None:
+        if source == UPLOAD and ui.target_spec().lower().endswith(".zip"):
+            _teachers_for_upload(target)
         _show_target(target)
 
 
@@ -151,3 +200,4 @@ except Exception as exc:  # st.stop and st.rerun are BaseExceptions and pass thr
     ui.show_error(exc)
 finally:  # also after st.stop() and reruns: the session's state is saved for a reload or a bookmark
     ui.save_session()
+    ui.refresh_sidebar(last=True)  # after the page: the target and teachers it may just have changed

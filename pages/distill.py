@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import datetime
@@ -21,7 +22,7 @@ from scd_core.distill.compare import (
     run_name,
 )
 from scd_core.distill.config import WEIGHTINGS
-from scd_core.distill.losses import METHODS
+from scd_core.distill.losses import METHODS, method_refusal
 from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
 from scd_core.runtime.jobs import JobSnapshot, JobStatus, submit_distill
 from scd_core.runtime.session import session_dir, zip_folder
@@ -54,18 +55,32 @@ sid = ui.session_id()
 # Start runs
 # ------------------------------------------------------------------------------------------------
 
+# Methods that cannot use any teacher of this repository are not offered (the engine's rule: kd needs the
+# teacher's label space to equal the target's); the ones that fit some teachers are checked at submit.
+usable = {m: [n for n in repo.names if method_refusal(m, repo.get(n).label_names, target.class_names) is None]
+          for m in METHODS}
+method_options = [m for m in METHODS if m == "ce" or usable[m]]
+ui.valid_choice("w_dist_methods", method_options, multi=True)
+ui.valid_choice("w_dist_student", STUDENTS)
+
 with st.form("distill_form"):
     left, middle, right = st.columns(3)
     with left:
-        ui.valid_choice("w_dist_teachers", repo.names, multi=True)
+        ui.keep_same_teachers("w_dist_teachers", repo, multi=True)  # the repository in use, never another's
+        ui.take_linked_teacher("w_dist_teachers", repo.names, multi=True)
         if "w_dist_teachers" not in st.session_state:
-            best = st.session_state.get("best_teacher")
-            st.session_state["w_dist_teachers"] = [best if best in repo.names else repo.names[0]]
+            st.session_state["w_dist_teachers"] = [ui.best_teacher(repo) or repo.names[0]]
         teachers = st.multiselect("Teachers", repo.names, key="w_dist_teachers", **ui.PERSIST)
         if "w_dist_methods" not in st.session_state:
             st.session_state["w_dist_methods"] = ["scd", "ce"]
-        methods = st.multiselect("Methods", list(METHODS), key="w_dist_methods", **ui.PERSIST,
+        methods = st.multiselect("Methods", method_options, key="w_dist_methods", **ui.PERSIST,
                                  help="\n".join(f"- **{m}**: {METHOD_HELP.get(m, '')}" for m in METHODS))
+        for m in METHODS:
+            if m not in method_options:
+                st.caption(f"**{m}** is not offered: it needs a teacher with exactly your {target.num_classes} "
+                           "classes and none here has them (scd, translate and rkd work across label spaces).")
+            elif m != "ce" and len(usable[m]) < len(repo.names):
+                st.caption(f"**{m}** only with {', '.join(usable[m])} (exactly your classes).")
     with middle:
         student = st.selectbox("Student architecture", STUDENTS, key="w_dist_student", **ui.PERSIST,
                                help="timm architecture trained from scratch; test_* are tiny (for quick trials).")
@@ -110,12 +125,19 @@ with st.form("distill_form"):
                      "on every labeled image instead of one small validation split. k times the runs.")
             use_unlabeled = st.checkbox("Use unlabeled images", key="w_dist_unlabeled", **ui.PERSIST)
     start = st.form_submit_button("Start runs", type="primary")
+# The form's values are saved with the session now, for a reload (app.py saves after the page too, but a page
+# run alone, as under AppTest or a legacy deep link, never gets there).
+ui.save_session()
 
 if start:
     if not methods:
         st.error("Choose at least one method.")
     elif any(m != "ce" for m in methods) and not teachers:
         st.error("Choose at least one teacher (or only the ce method).")
+    elif refused := [(m, t, why) for m in methods if m != "ce" for t in teachers
+                     if (why := method_refusal(m, repo.get(t).label_names, target.class_names))]:
+        st.error("Nothing was started: " + "; ".join(f"**{m} ← {t}**: {why}" for m, t, why in refused),
+                 icon=":material/block:")
     else:
         started = 0
         k_folds = int(folds) if int(folds) >= 2 else 0
@@ -140,6 +162,7 @@ if start:
                 f" · fold {fold + 1}/{k_folds}" if fold is not None else "")
             meta = {"teacher": teacher, "method": method, "student": student, "epochs": int(epochs),
                     "seed": run_seed, "weighting": str(weighting), "target": target.name,
+                    "target_label": ui.target_label(),
                     "target_fp": target.fingerprint, "run_dir": str(run_dir),
                     "n_val": fold_sizes[fold] if fold is not None else len(target.split("val")), "pool": pool,
                     "fold": None if fold is None else fold + 1, "folds": k_folds or None}
@@ -263,19 +286,33 @@ def _comparison(jobs: list[JobSnapshot]) -> None:
              for g in comparison.groups], baseline=base.val_mean if base else None), key="dist_compare")
 
 
+def target_shown(meta: dict) -> str:
+    """The run's target as the user named it (stored at submit); older runs: the stored name without the
+    content hash that uploads carry (``flowers-3f2a9c1b0d4e`` -> ``flowers``)."""
+    if meta.get("target_label"):
+        return str(meta["target_label"])
+    name = str(meta.get("target") or "")
+    return re.sub(r"-[0-9a-f]{12}$", "", name) or "—"
+
+
+def _accuracy(value) -> str:
+    """A run's accuracy for the history: a dash while running, after a failure or without a test split."""
+    return f"{value:.1%}" if isinstance(value, (int, float)) and value == value else "—"
+
+
 def _history(jobs: list[JobSnapshot]) -> None:
     if not jobs:
         return
     st.header("Run history (this session)")
     st.dataframe(pd.DataFrame([{
         "started": datetime.fromtimestamp(j.started or j.created).strftime("%H:%M:%S"),
-        "run": j.label, "target": j.meta.get("target"), "status": str(j.status),
-        "epochs done": len(j.history), "val_acc": (j.result or {}).get("val_acc"),
-        "test_acc": (j.result or {}).get("test_acc"), "seconds": round(j.elapsed, 1),
+        "run": j.label, "target": target_shown(j.meta), "status": str(j.status),
+        "epochs done": len(j.history), "val acc": _accuracy((j.result or {}).get("val_acc")),
+        "test acc": _accuracy((j.result or {}).get("test_acc")), "seconds": round(j.elapsed, 1),
         "message": j.error or j.message,
-    } for j in reversed(jobs)]), width="stretch", hide_index=True, column_config={
-        "val_acc": st.column_config.NumberColumn("val acc", format="percent"),
-        "test_acc": st.column_config.NumberColumn("test acc", format="percent")})
+    } for j in reversed(jobs)]), width="stretch", hide_index=True)
+    if not target.split("test") and any(j.status == JobStatus.FINISHED for j in jobs):
+        st.caption("test acc is a dash: this target set has no test split (its accuracy is measured on val).")
 
 
 was_active = any(j.active for j in store.jobs(sid, kind="distill", history=False))

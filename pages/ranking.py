@@ -23,6 +23,11 @@ st.markdown(
 target = ui.require_target()
 repo = ui.require_repository()
 
+# The budget switch sits outside the form: a widget inside a form does not rerun the page, so the slider
+# below could not follow it (it is disabled while budgeting is off).
+budget_on = st.checkbox("Budgeted assessment (successive halving)", key="w_rank_budget_on", **ui.PERSIST,
+                        help="Score all teachers on a small stratified subset, keep the better half, double the "
+                             "subset, repeat: about `budget` of a full scan's forward passes.")
 with st.form("rank_form", border=True):
     left, right = st.columns([3, 2])
     with left:
@@ -35,11 +40,10 @@ with st.form("rank_form", border=True):
         metrics = st.multiselect("Metrics (the first ranks by default)", list(METRICS), key="w_rank_metrics",
                                  **ui.PERSIST, help="; ".join(f"{n}: {m.description}" for n, m in METRICS.items()))
     with right:
-        budget_on = st.checkbox("Budgeted assessment (successive halving)", key="w_rank_budget_on", **ui.PERSIST,
-                                help="Score all teachers on a small stratified subset, keep the better half, "
-                                     "double the subset, repeat: about `budget` of a full scan's forward passes.")
         ui.init_widget("w_rank_budget", 0.5)
-        budget = st.slider("Budget (fraction of a full scan)", 0.1, 1.0, step=0.05, key="w_rank_budget", **ui.PERSIST)
+        budget = st.slider("Budget (fraction of a full scan)", 0.1, 1.0, step=0.05, key="w_rank_budget", **ui.PERSIST,
+                           disabled=not budget_on,
+                           help="Turn on the budgeted assessment above to use a budget." if not budget_on else None)
     submitted = st.form_submit_button("Rank teachers", type="primary")
 
 budget_value = float(budget) if budget_on and budget < 1 else None
@@ -87,12 +91,23 @@ rank_by = st.columns([2, 3])[0].selectbox(
 ordered = sort_ranking(ranking, rank_by)
 best = str(ordered.index[0])
 ties = ranking.near_ties_for(rank_by)
-st.session_state["best_teacher"] = best
+ui.remember_best_teacher(repo.get(best))
 st.success(f"Best teacher by **{rank_by}**: **{best}**")
 if ties:
     st.warning(f"**Near tie**: the 95% interval of {', '.join(f'**{t}**' for t in ties)} overlaps **{best}**'s, "
                "so these images cannot tell which is better. Distill both, or label more images.",
                icon=":material/balance:")
+
+
+def budget_rounds_note(budgeted: Ranking) -> str:
+    """The caption explaining a budgeted ranking's rounds and its order."""
+    rounds = budgeted.rounds()
+    sizes = "; ".join(f"round {r}: {images} images ({n} teacher{'s' if n != 1 else ''} last scored there)"
+                      for r, (images, n) in rounds.items())
+    return ("**Rounds** (successive halving): every teacher is scored on a small stratified subset, the better half "
+            "goes on to the next round on twice the images, and so on. A teacher dropped after a round keeps that "
+            f"round's score. {sizes}. Table and chart list the last round first, then by score: a score from fewer "
+            "images is not compared with one from more.")
 
 
 def _arrow(metric: str) -> str:
@@ -107,11 +122,18 @@ shown[f"{rank_by} 95% interval"] = [f"[{b[0]:.4f}, {b[1]:.4f}]" if b is not None
                                     for b in (bounds[name] for name in ordered.index)]
 
 
+# Best values are compared only among the teachers scored on the most images (a budgeted ranking's last
+# round): a score from a smaller subset is another measurement, not a better or worse one.
+full = ordered["images"] == ordered["images"].max()
+BEST_STYLE = "background-color: rgba(49, 119, 180, 0.16); font-weight: bold"  # neutral: red is for warnings
+
+
 def _highlight_best(column: pd.Series) -> list[str]:
     metric = column.name.split(" ")[0]
     values = ordered[metric].astype(float)
-    target_value = values.max() if info[metric].higher_is_better else values.min()
-    return ["background-color: #ffd8d8; font-weight: bold" if v == target_value else "" for v in values]
+    compared = values[full]
+    target_value = compared.max() if info[metric].higher_is_better else compared.min()
+    return [BEST_STYLE if ok and v == target_value else "" for v, ok in zip(values, full)]
 
 
 styled = shown.style.apply(_highlight_best, subset=[_arrow(m) for m in metric_names]).format(
@@ -125,9 +147,15 @@ column_config["near tie"] = st.column_config.TextColumn(help="Its 95% interval o
 column_config["images"] = st.column_config.NumberColumn("images scored",
                                                         help="Labeled images the scores came from (budget rounds "
                                                              "use subsets).")
+column_config["round"] = st.column_config.NumberColumn(
+    "round", help="Successive-halving round in which the teacher was last scored (0 = the first, smallest subset).")
 st.subheader("Ranking table")
-st.caption("↑ higher is better, ↓ lower is better; the best value of each metric is highlighted. The interval is a "
-           "95% bootstrap interval over the assessment images; **≈ best** marks a near tie with the best teacher.")
+st.caption("↑ higher is better, ↓ lower is better; the best value of each metric is highlighted in bold"
+           + (" among the teachers of the last round" if ranking.budget is not None else "")
+           + ". The interval is a 95% bootstrap interval over the assessment images; **≈ best** marks a near tie "
+           "with the best teacher.")
+if ranking.budget is not None:
+    st.caption(budget_rounds_note(ranking))
 st.dataframe(styled, width="stretch", column_config=column_config)
 timing = ranking.timing
 if timing:
@@ -141,5 +169,4 @@ st.divider()
 check_ranking_section(target, repo, ranking)
 
 st.divider()
-st.page_link("pages/transport_plans.py", label=f"Next: how {best}'s labels map onto yours",
-             icon=":material/arrow_forward:")
+ui.next_page_link("pages/transport_plans.py", f"Next: how {best}'s labels map onto yours", teacher=best)

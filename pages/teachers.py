@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages.common import ui
 from scd_core import ScdError
+from scd_core.config import settings
 from scd_core.demo.worlds import WORLDS
 from scd_core.runtime.session import (
     add_uploaded_teacher,
@@ -42,9 +43,15 @@ else:
             "weights": "in HF cache" if cached else ("not in HF cache" if cached is False else "local"),
         })
     st.subheader(f"{len(rows)} teachers")
-    st.dataframe(pd.DataFrame(rows).set_index("teacher"), width="stretch",
-                 column_config={"classes": st.column_config.NumberColumn("label-space size", format="%d"),
-                                "description": st.column_config.TextColumn(width="large")})
+    table = pd.DataFrame(rows).set_index("teacher")
+    # A table cell does not wrap and cut the descriptions off: they are listed in full under the table (the
+    # column stays in the data, hidden, for search and tests)
+    st.dataframe(table, width="stretch", column_order=[c for c in table.columns if c != "description"],
+                 column_config={"classes": st.column_config.NumberColumn("label-space size", format="%d")})
+    described = [spec for spec in repo.specs if spec.description]
+    if described:
+        st.markdown("**What each teacher is**\n\n" + "\n".join(f"- **{spec.name}**: {spec.description}"
+                                                              for spec in described))
     with st.expander("Label names of a teacher"):
         ui.valid_choice("w_teacher_labels", repo.names)
         name = st.selectbox("Teacher", repo.names, key="w_teacher_labels")
@@ -59,6 +66,8 @@ tab_objs = st.tabs(tabs)
 with tab_objs[0]:
     st.markdown("A .zip of one teacher folder: `config.json` and `model.safetensors` (pickled `.bin`/`.pth` "
                 "weights are refused in uploads). The teacher is named after its folder.")
+    st.caption(f"Limits: a .zip of at most {st.get_option('server.maxUploadSize'):,} MB. Large heads are refused "
+               f"above {settings().max_teacher_classes:,} classes.")
     upload = st.file_uploader("Teacher (.zip)", type=["zip"], key="w_teacher_upload")
     if upload is not None:
         signature = (upload.name, upload.size, getattr(upload, "file_id", ""))
@@ -113,8 +122,7 @@ with tab_objs[2]:
                              key="w_demo_zoo_world", disabled=not include)
     wanted = zoo_world if include else None
     if wanted != sources.demo:
-        sources.demo = wanted
-        ui.clear_teacher_cache()
+        ui.set_demo_zoo(wanted)
         st.rerun()
 
 if server_paths_allowed():

@@ -22,9 +22,10 @@ target = ui.require_target()
 repo = ui.require_repository()
 
 names = repo.names
-ui.valid_choice("w_plan_teacher", names)
-if "w_plan_teacher" not in st.session_state and st.session_state.get("best_teacher") in names:
-    st.session_state["w_plan_teacher"] = st.session_state["best_teacher"]
+ui.keep_same_teachers("w_plan_teacher", repo)
+ui.take_linked_teacher("w_plan_teacher", names)
+if "w_plan_teacher" not in st.session_state and ui.best_teacher(repo):
+    st.session_state["w_plan_teacher"] = ui.best_teacher(repo)
 teacher = st.selectbox("Teacher", names, key="w_plan_teacher", **ui.PERSIST,
                        help="The best teacher of the last ranking is chosen first.")
 spec = repo.get(teacher)
@@ -88,27 +89,70 @@ st.header("Drill into one image")
 by_rel = {it.rel: it for it in target.assessment_items}
 image_ids = list(outputs.image_ids)
 labels = [target.class_names[int(y)] for y in outputs.labels]
-options = list(range(len(image_ids)))
+ALL = "all classes"
+ui.valid_choice("w_plan_image_class", [ALL, *target.class_names])
+ui.init_widget("w_plan_image_class", target_class)  # the class drilled into above, to begin with
+image_class = st.selectbox("Images of", [ALL, *target.class_names], key="w_plan_image_class", **ui.PERSIST)
+options = [i for i in range(len(image_ids)) if image_class == ALL or labels[i] == image_class]
 ui.valid_choice("w_plan_image", options)
-row = st.selectbox("Image", options, key="w_plan_image", **ui.PERSIST,
-                   format_func=lambda i: f"{image_ids[i]} ({labels[i]})")
-left, right = st.columns([1, 4])
-with left:
-    item = by_rel.get(image_ids[row])
-    if item is not None:
-        st.image(str(item.path), width=160, caption=f"label: {labels[row]}")
-    top = [(outputs.teacher_labels[int(c)], float(p)) for c, p in zip(outputs.top_classes[row], outputs.top_probs[row])]
-    st.markdown("**Top teacher classes**")
-    for name, p in top:
-        st.markdown(f"- {name}: {p:.1%}")
-with right:
-    try:
-        fig = image_flow([n for n, _ in top], [p for _, p in top], plan, true_label=labels[row],
-                         title="Where this image's top teacher classes send their mass (through the plan's rows)")
-    except ValueError as exc:
-        ui.show_error(exc)
-    else:
-        st.plotly_chart(fig, key="plan_image_flow")
+PER_PAGE = 24
+pages = max(1, -(-len(options) // PER_PAGE))
+if pages > 1:
+    ui.init_widget("w_plan_image_page", 1)
+    if not 1 <= st.session_state["w_plan_image_page"] <= pages:
+        st.session_state["w_plan_image_page"] = 1
+    page_no = int(st.number_input(f"Page (of {pages}, {PER_PAGE} images each)", 1, pages, key="w_plan_image_page"))
+else:
+    page_no = 1
+shown_rows = options[(page_no - 1) * PER_PAGE: page_no * PER_PAGE]
+if "w_plan_image" not in st.session_state and options:
+    st.session_state["w_plan_image"] = options[0]
+
+
+def _pick(row_index: int) -> None:
+    st.session_state["w_plan_image"] = row_index
+
+
+st.caption(f"{len(options)} labeled images" + (f" of '{image_class}'" if image_class != ALL else "")
+           + ": pick one below (the selected one is marked), or choose it from the list.")
+PER_ROW = 8
+for start in range(0, len(shown_rows), PER_ROW):
+    cols = st.columns(PER_ROW)
+    for col, i in zip(cols, shown_rows[start:start + PER_ROW]):
+        with col:
+            item = by_rel.get(image_ids[i])
+            if item is not None:
+                st.image(str(item.path), width=64)
+            chosen = st.session_state.get("w_plan_image") == i
+            st.button("✓ shown" if chosen else "show", key=f"w_plan_pick_{i}", on_click=_pick, args=(i,),
+                      type="primary" if chosen else "secondary", disabled=chosen,
+                      help=f"{image_ids[i]} ({labels[i]})")
+def _image_drill_down(row: int) -> None:
+    left, right = st.columns([1, 4])
+    with left:
+        item = by_rel.get(image_ids[row])
+        if item is not None:
+            st.image(str(item.path), width=160, caption=f"label: {labels[row]}")
+        top = [(outputs.teacher_labels[int(c)], float(p))
+               for c, p in zip(outputs.top_classes[row], outputs.top_probs[row])]
+        st.markdown("**Top teacher classes**")
+        for name, p in top:
+            st.markdown(f"- {name}: {p:.1%}")
+    with right:
+        try:
+            fig = image_flow([n for n, _ in top], [p for _, p in top], plan, true_label=labels[row],
+                             title="Where this image's top teacher classes send their mass (through the plan's rows)")
+        except ValueError as exc:
+            ui.show_error(exc)
+        else:
+            st.plotly_chart(fig, key="plan_image_flow")
+
+
+if options:
+    _image_drill_down(st.selectbox("Image", options, key="w_plan_image", **ui.PERSIST,
+                                   format_func=lambda i: f"{image_ids[i]} ({labels[i]})"))
+else:
+    st.info("No labeled images of this class among the assessment images.")
 
 st.divider()
-st.page_link("pages/distill.py", label=f"Next: distill {teacher} into a student", icon=":material/arrow_forward:")
+ui.next_page_link("pages/distill.py", f"Next: distill {teacher} into a student", teacher=teacher)

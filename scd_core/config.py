@@ -46,6 +46,7 @@ class Settings:
     device: str
     demo_size: str
     demo_world: str
+    demo_prebuild: bool
     allow_server_paths: bool
     teachers: tuple[str, ...]
     max_image_pixels: int
@@ -170,6 +171,9 @@ FIELDS: tuple[Field, ...] = (
           "size of the built-in demo worlds (small: fewer images and teachers, built in seconds)"),
     Field("demo_world", "SCD_DEMO_WORLD", _choice(DEMO_WORLDS), DEMO_WORLDS[0], "one of " + ", ".join(DEMO_WORLDS),
           "the demo world the app opens with"),
+    Field("demo_prebuild", "SCD_DEMO_PREBUILD", _flag, True, "1/true/yes/on or 0/false/no/off",
+          "once the app's first demo world is ready, build the other demo worlds in the background (lowest "
+          "priority, only while no user job waits), so switching worlds does not wait for a build", "on"),
     Field("allow_server_paths", "SCD_ALLOW_SERVER_PATHS", _flag, False, "1/true/yes/on or 0/false/no/off",
           "let app users name folders on the server as target sets and teacher repositories", "off"),
     Field("teachers", "SCD_TEACHERS", _paths, (), "folders separated by `os.pathsep` (`:`, or `;` on Windows)",

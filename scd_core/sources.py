@@ -3,12 +3,13 @@
 Target sets (:func:`load_target`):
 
 - ``demo:WORLD``: the target set of a built-in demo world (built into the workspace on first use);
+  ``demo:WORLD@SIZE`` names a size other than the server's ``SCD_DEMO_SIZE`` (``demo:shapes@small``);
 - a folder (ImageFolder layout, optional split folders, or a folder holding one CSV), a ``.zip`` of
   one, or a ``.csv`` with ``path,label[,split]`` columns.
 
 Teacher repositories (:func:`open_repository`):
 
-- ``demo:WORLD``: the world's teacher zoo;
+- ``demo:WORLD`` (or ``demo:WORLD@SIZE``): the world's teacher zoo;
 - a folder of teacher folders (or one teacher folder);
 - ``hf-hub:<org>/<model>`` or a timm pretrained tag (``resnet18.a1_in1k``);
 - a comma-separated list of any of the above but ``demo:``.
@@ -28,8 +29,8 @@ from scd_core.data.targets import load_target as load_target_path
 from scd_core.errors import TargetSetError, TeacherError
 from scd_core.teachers.repository import CONFIG_NAME, TeacherRepository, TeacherSpec, spec_from_folder, spec_from_hub
 
-__all__ = ["DEMO_PREFIX", "HUB_PREFIX", "as_repository", "as_target", "load_target", "open_repository",
-           "parse_source"]
+__all__ = ["DEMO_PREFIX", "HUB_PREFIX", "as_repository", "as_target", "demo_source", "load_target",
+           "open_repository", "parse_source", "split_demo"]
 
 DEMO_PREFIX = "demo:"
 HUB_PREFIX = "hf-hub:"
@@ -57,10 +58,22 @@ def parse_source(text: str | Path) -> tuple[str, str]:
     return "path", s
 
 
-def _demo_world(name: str) -> Any:
+def demo_source(world: str, size: str | None = None) -> str:
+    """The source string of demo world ``world`` of ``size`` (None: the server's ``SCD_DEMO_SIZE``)."""
+    return f"{DEMO_PREFIX}{world}" + (f"@{size}" if size else "")
+
+
+def split_demo(value: str) -> tuple[str, str | None]:
+    """``(world, size)`` of the value of a ``demo:`` source (``shapes@small`` -> ``("shapes", "small")``)."""
+    world, _, size = str(value).partition("@")
+    return world.strip(), (size.strip() or None)
+
+
+def _demo_world(value: str) -> Any:
     from scd_core.demo.worlds import ensure_world
 
-    return ensure_world(name)
+    world, size = split_demo(value)
+    return ensure_world(world, size=size)
 
 
 def load_target(source: str | Path, **options: Any) -> TargetSet:

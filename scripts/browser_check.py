@@ -12,9 +12,9 @@ Run from the repository root:
 It starts ``streamlit run app.py --server.headless true --server.port N`` with ``SCD_DEMO_SIZE=small`` in a
 temporary workspace (or ``--workspace``, to reuse an already built demo world), polls
 ``/_stcore/health``, then walks through: the demo world build (first launch) -> home page -> upload of a
-real zip of PNG files -> a broken upload (error shown) -> back to the demo -> Teachers -> Ranking (rank)
--> Transport plans (plan and cost, drill-downs) -> Distill (two tiny runs, a page switch while they run,
-finished curves and comparison). After every action it waits for
+real zip of PNG files -> a broken upload (error shown) -> back to the demo -> Teachers -> Ranking (rank,
+then budgeted) -> its "Next" link to Transport plans (plan and cost, drill-downs) -> its "Next" link to
+Distill (two tiny runs, a page switch while they run, finished curves and comparison). After every action it waits for
 ``[data-testid="stApp"][data-test-script-state="notRunning"]``. It fails (exit 1) when a page shows an
 exception box, and writes ``report.json`` (steps, timings, errors seen) beside the screenshots.
 
@@ -113,6 +113,16 @@ class Driver:
         print(f"[{time.time() - self.t0:6.1f}s] {path.name}: {note}"
               + (f"  errors={errors}" if errors else "") + (f"  EXCEPTIONS={exceptions}" if exceptions else ""),
               flush=True)
+
+    def tall_shot(self, name: str, note: str = "", height: int = 3600) -> None:
+        """A screenshot of a page longer than the window (Streamlit scrolls inside the page, so a full-page
+        screenshot stops at the window): the window is made taller for it."""
+        size = self.page.viewport_size
+        self.page.set_viewport_size({"width": size["width"], "height": height})
+        time.sleep(1.0)
+        self.shot(name, note)
+        self.page.set_viewport_size(size)
+        time.sleep(0.5)
 
     def nav(self, label: str) -> None:
         self.page.get_by_test_id("stSidebarNav").get_by_text(label, exact=True).click()
@@ -309,10 +319,21 @@ def run(args: argparse.Namespace) -> int:
             d.wait_text("Best teacher by", timeout=300)
             d.idle()
             d.shot("05_ranking", "ranking table (direction, best highlighted) and bar chart")
+            page.get_by_text("Budgeted assessment (successive halving)", exact=True).click()
+            d.idle()
+            d.click_button("Rank teachers")
+            d.wait_text("Rounds", timeout=300)
+            d.idle()
+            d.shot("05b_ranking_budget", "budgeted ranking: one order in table and chart, rounds explained")
 
-            d.nav("Transport plans")
+            # the "Next" link carries the best teacher to the Transport plans page
+            page.get_by_text(re.compile(r"^Next: how .*'s labels map onto yours$")).first.click()
+            d.idle()
             d.wait_text("Drill into one image", timeout=300)
-            d.shot("06_plans", "plan heatmap of the best teacher, drill-downs")
+            d.shot("06_plans", "plan heatmap of the linked (best) teacher, drill-downs with a thumbnail grid")
+            page.get_by_role("button", name="show").nth(1).click()  # pick another image from the grid
+            d.idle()
+            d.tall_shot("06b_plans_image", "one image picked from the thumbnail grid: its flow through the plan")
             page.get_by_text("cost C", exact=True).click()
             d.idle()
             d.shot("07_plans_cost", "cost heatmap")
@@ -321,7 +342,9 @@ def run(args: argparse.Namespace) -> int:
             d.idle()
             d.shot("08_plans_superset", "16-class teacher: plan rows sorted into blocks")
 
-            d.nav("Distill")
+            page.get_by_text("Next: distill superset into a student", exact=True).first.click()
+            d.idle()
+            d.wait_text("Start runs", timeout=120)
             d.choose("Student architecture", "test_resnet")
             epochs = page.get_by_label("Epochs")
             epochs.fill("3")
@@ -339,6 +362,18 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(1)
             d.idle()
             d.shot("11_distill_done", "finished: curves, comparison with ce, history, download")
+            d.tall_shot("11b_distill_history", "the whole page down to the run history: the target by its name, a "
+                                               "dash for what was not measured")
+            page.reload(wait_until="domcontentloaded")
+            page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+            d.idle()
+            d.wait_text("Start runs", timeout=120)
+            box = page.get_by_test_id("stSelectbox").filter(has_text="Student architecture").first
+            shown = box.inner_text() + " ".join(i.input_value() for i in box.locator("input").all())
+            restored = "test_resnet" in shown  # the student chosen above
+            d.shot("12_distill_after_reload", "after a reload: the Distill form as it was submitted")
+            if not restored:
+                d.steps[-1]["errors"].append("the Distill form was not restored after a reload (student)")
             browser.close()
     finally:
         proc.terminate()

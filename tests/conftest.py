@@ -12,12 +12,13 @@ import torch
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_home(tmp_path_factory):
-    """One workspace for the session (demo worlds are built once), small demo worlds."""
+    """One workspace for the session (demo worlds are built once), small demo worlds, none built ahead."""
     root = tmp_path_factory.mktemp("scd_home")
-    saved = {k: os.environ.get(k) for k in ("SCD_CACHE_DIR", "SCD_WORKSPACE", "SCD_DEMO_SIZE")}
+    saved = {k: os.environ.get(k) for k in ("SCD_CACHE_DIR", "SCD_WORKSPACE", "SCD_DEMO_SIZE", "SCD_DEMO_PREBUILD")}
     os.environ["SCD_CACHE_DIR"] = str(root / "cache")
     os.environ["SCD_WORKSPACE"] = str(root / "workspace")
     os.environ["SCD_DEMO_SIZE"] = "small"
+    os.environ["SCD_DEMO_PREBUILD"] = "0"  # no background builds competing with the tests (one test turns it on)
     yield root
     for key, value in saved.items():
         if value is None:

@@ -3,8 +3,12 @@ uploads (a real zip of PNG files, broken zips, teacher zips), background runs an
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
@@ -103,6 +107,7 @@ def test_demo_flow_end_to_end():
     clean(at.run())
     assert any("Best teacher by **leep**" in s.value for s in at.success)
     at.checkbox(key="w_rank_budget_on").check()
+    clean(at.run())  # the switch sits outside the form: it enables the slider at once
     at.slider(key="w_rank_budget").set_value(0.5)
     button(at, "Rank teachers").click()
     clean(at.run())
@@ -166,6 +171,9 @@ def test_upload_of_a_real_zip_of_png_files(tmp_path):
     at = upload_target(clean(new_app().run()), "flowers.zip", data)
     assert not errors(at)
     assert "Target set: upload 'flowers.zip'" in headers(at)
+    limits = next(c.value for c in at.caption if c.value.startswith("Limits:"))  # read from the settings
+    assert "100,000 files" in limits and "2 GiB uncompressed" in limits and "64 megapixels" in limits
+    assert ".png" in limits and ".tiff" in limits
     assert list(at.dataframe[0].value.index) == ["daisy", "rose", "tulip"]
     at.switch_page("pages/ranking.py")
     clean(at.run())
@@ -235,10 +243,12 @@ def test_teacher_upload_hub_name_and_removal(tmp_path):
     assert "untrained" in at.dataframe[0].value.index
 
 
-def test_kd_with_another_label_space_shows_the_engine_message():
+def test_kd_is_refused_before_submit_with_the_engine_reason(tmp_path):
     at = clean(new_app().run())
     at.switch_page("pages/distill.py")
     clean(at.run())
+    assert "kd" in at.multiselect(key="w_dist_methods").options  # near_identical has exactly the shapes classes
+    assert any("**kd** only with near_identical" in c.value for c in at.caption)
     at.multiselect(key="w_dist_teachers").set_value(["superset"])
     at.multiselect(key="w_dist_methods").set_value(["kd"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
@@ -246,8 +256,17 @@ def test_kd_with_another_label_space_shows_the_engine_message():
     at.number_input(key="w_dist_seeds").set_value(1)
     button(at, "Start runs").click()
     clean(at.run())
-    wait_for_runs(at)
-    assert any("label space" in e and "kd" in e for e in errors(at)), errors(at)
+    assert any("Nothing was started" in e and "kd ← superset" in e and "label space" in e for e in errors(at)), \
+        errors(at)
+    assert default_store().jobs(at.session_state["scd_session"]) == []  # refused before anything was queued
+
+    folder = write_image_folder(tmp_path / "pets", {"cat": 4, "dog": 4}, size=16)
+    at.switch_page("app.py")
+    at = upload_target(clean(at.run()), "pets.zip", make_zip(folder, tmp_path / "pets.zip").read_bytes())
+    at.switch_page("pages/distill.py")
+    clean(at.run())
+    assert "kd" not in at.multiselect(key="w_dist_methods").options  # no teacher has exactly cat and dog
+    assert any("**kd** is not offered" in c.value for c in at.caption)
 
 
 def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
@@ -352,7 +371,15 @@ def test_a_reload_with_the_session_link_returns_to_the_uploads_and_runs(tmp_path
     again.switch_page("pages/distill.py")
     wait_for_runs(clean(again.run()))
     assert "Run history (this session)" in headers(again)
-    assert list(again.dataframe[-1].value["status"]) == ["finished"]
+    history = again.dataframe[-1].value
+    assert list(history["status"]) == ["finished"]
+    assert list(history["target"]) == ["upload 'mine.zip'"]  # the name the user knows, not the stored hash name
+    assert history["test acc"].iloc[0] == "—" and history["val acc"].iloc[0].endswith("%")
+    assert any("no test split" in c.value for c in again.caption)
+    # the Distill form comes back as it was submitted
+    assert again.multiselect(key="w_dist_methods").value == ["ce"]
+    assert again.selectbox(key="w_dist_student").value == "test_resnet"
+    assert again.number_input(key="w_dist_epochs").value == 1 and again.number_input(key="w_dist_seeds").value == 1
     assert any(b.label == "Download student (.zip)" for b in again.get("download_button"))
 
     # an unknown id is not adopted: a fresh session without the other's data
@@ -435,3 +462,154 @@ def test_k_fold_runs_are_compared_over_folds():
     assert ce_row["runs"] == 2
     history = at.dataframe[-1].value
     assert {"fold 1/2", "fold 2/2"} <= {run.rsplit(" · ", 1)[-1] for run in history["run"]}
+
+
+def _styles(df) -> str:
+    return df.proto.arrow_data.styler.styles
+
+
+def test_budgeted_ranking_shows_one_order_explains_rounds_and_the_slider_follows_the_switch():
+    at = clean(new_app().run())
+    at.switch_page("pages/ranking.py")
+    clean(at.run())
+    assert at.slider(key="w_rank_budget").disabled  # budgeting is off
+    at.checkbox(key="w_rank_budget_on").check()
+    clean(at.run())
+    assert not at.slider(key="w_rank_budget").disabled
+    at.slider(key="w_rank_budget").set_value(0.5)
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    table = at.dataframe[0]
+    shown = table.value
+    assert list(shown["round"]) == sorted(shown["round"], reverse=True)  # last round first
+    chart = json.loads(next(spec for spec in plotly_specs(at) if "per teacher" in spec))
+    assert chart["data"][0]["y"] == list(shown.index)  # the chart has the table's order
+    assert any("**Rounds** (successive halving)" in c.value and "keeps that round's score" in c.value
+               for c in at.caption)
+    styles = _styles(table)
+    assert "#ffd8d8" not in styles and "font-weight: bold" in styles
+    last = [i for i, images in enumerate(shown["images"]) if images == shown["images"].max()]
+    highlighted = {int(cell.split("_row")[1].split("_")[0]) for cell in re.findall(r"_row\d+_col\d+", styles)}
+    assert highlighted and highlighted <= set(last)  # best only among teachers scored on the most images
+
+
+def _next_link(at: AppTest):
+    return next(link for link in at.get("page_link") if link.proto.label.startswith("Next:"))
+
+
+def _follow(at: AppTest, link) -> AppTest:
+    """What a click on a page link does: open its page with its query parameters."""
+    for name, values in parse_qs(link.proto.query_string).items():
+        at.query_params[name] = values[0]
+    at.switch_page(f"pages/{link.proto.page}.py")  # the proto names the page by its URL path
+    return clean(at.run())
+
+
+def test_next_links_open_the_next_page_with_their_teacher_preselected():
+    at = clean(new_app().run())
+    at.switch_page("pages/ranking.py")
+    clean(at.run())
+    button(at, "Rank teachers").click()
+    clean(at.run())
+    best = str(at.dataframe[0].value.index[0])
+    link = _next_link(at)
+    assert best in link.proto.label and parse_qs(link.proto.query_string)["teacher"] == [best]
+    at.selectbox(key="w_rank_by").set_value("nce")  # another best, so the link is what decides
+    clean(at.run())
+    best = str(at.dataframe[0].value.index[0])
+    at = _follow(at, _next_link(at))
+    assert at.selectbox(key="w_plan_teacher").value == best
+
+    at.selectbox(key="w_plan_teacher").set_value("shape_only")
+    clean(at.run())
+    link = _next_link(at)
+    assert link.proto.label == "Next: distill shape_only into a student"
+    at = _follow(at, link)
+    assert at.multiselect(key="w_dist_teachers").value == ["shape_only"]
+    assert "teacher" not in at.query_params  # taken once: a later choice of the user is not overridden
+
+
+def test_image_drill_down_filters_by_class_and_picks_from_thumbnails():
+    at = clean(new_app().run())
+    at.switch_page("pages/transport_plans.py")
+    clean(at.run())
+    at.selectbox(key="w_plan_image_class").set_value("red square")
+    clean(at.run())
+    image = at.selectbox(key="w_plan_image")
+    assert image.options and all(option.endswith("(red square)") for option in image.options)
+    picks = [b for b in at.button if b.key and b.key.startswith("w_plan_pick_")]
+    assert len(picks) == len(image.options) and picks[0].disabled  # one thumbnail per image, the shown one marked
+    picks[1].click()
+    clean(at.run())
+    assert at.selectbox(key="w_plan_image").index == 1
+    assert next(b for b in at.button if b.key == picks[1].key).disabled
+    assert len(plotly_specs(at)) == 3 and "red square" in plotly_specs(at)[2]
+
+
+def _sidebar_text(at: AppTest) -> str:
+    return " ".join([m.value for m in at.sidebar.markdown] + [c.value for c in at.sidebar.caption])
+
+
+def test_the_sidebar_follows_the_target_at_once_and_an_upload_says_which_teachers_it_gets(tmp_path):
+    ensure_world("digits")  # built here, so the switch below does not wait for a background build
+    at = clean(new_app().run())
+    assert "demo world 'shapes'" in _sidebar_text(at) and "demo zoo 'shapes'" in _sidebar_text(at)
+    at.selectbox(key="w_demo_world").set_value("digits")
+    clean(at.run())
+    assert "Target set: demo world 'digits'" in headers(at)
+    assert "demo world 'digits'" in _sidebar_text(at) and "demo zoo 'digits'" in _sidebar_text(at)  # same run
+
+    folder = write_image_folder(tmp_path / "flowers", {"daisy": 4, "rose": 4, "tulip": 4}, size=16)
+    at = upload_target(at, "flowers.zip", make_zip(folder, tmp_path / "flowers.zip").read_bytes())
+    assert "upload 'flowers.zip'" in _sidebar_text(at)  # the sidebar names the upload in the same run
+    assert any("Teachers for this target:** demo zoo 'digits'" in m.value for m in at.markdown)
+    assert any("look unrelated to your classes" in w.value and "label name only" in w.value for w in at.warning)
+    assert at.selectbox(key="w_upload_zoo").value == "keep the current teachers"
+
+    # a teacher chosen in the digits zoo is not kept when its name names another zoo's teacher
+    at.switch_page("pages/transport_plans.py")
+    clean(at.run())
+    at.selectbox(key="w_plan_teacher").set_value("untrained")
+    clean(at.run())
+    at.switch_page("app.py")
+    clean(at.run())
+    at.selectbox(key="w_upload_zoo").set_value("shapes")
+    clean(at.run())
+    assert "demo zoo 'shapes'" in _sidebar_text(at)
+    assert any("Teachers for this target:** demo zoo 'shapes'" in m.value for m in at.markdown)
+    assert at.selectbox(key="w_upload_zoo").value == "keep the current teachers"
+    at.switch_page("pages/transport_plans.py")
+    clean(at.run())
+    assert at.selectbox(key="w_plan_teacher").value != "untrained"  # shapes' untrained is another teacher
+
+
+def test_the_build_notice_gives_the_measured_time_and_offers_the_small_version(tmp_path, monkeypatch, demo_world):
+    """A server whose demo worlds are full size, none built yet: the notice states the measured build time, a
+    button switches this session to the small version (already built here), and once a world is ready the
+    other one is queued to be built ahead of need at low priority."""
+    from scd_core.demo.worlds import world_dir
+    from scd_core.runtime.jobs import BACKGROUND, SHARED_SESSION
+
+    monkeypatch.setenv("SCD_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("SCD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCD_DEMO_SIZE", "full")
+    monkeypatch.setenv("SCD_DEMO_PREBUILD", "1")
+    shutil.copytree(demo_world.root, world_dir("shapes", "small"))
+    store = default_store()
+    at = clean(new_app().run())
+    notice = next(i.value for i in at.info if "Building the demo world" in i.value)
+    assert "full version" in notice and "about 70 s" in notice and "3 min" in notice
+    small = next(b for b in at.button if b.label.startswith("Build the small version instead"))
+    small.click()
+    clean(at.run())
+    full = store.find(SHARED_SESSION, "demo:shapes:full")
+    store.request_cancel(full.id)  # not needed by this test: stop it
+    assert "Target set: demo world 'shapes' (small version)" in headers(at)
+    assert at.session_state["target_spec"] == "demo:shapes@small"  # runs and workers resolve the same world
+    assert "(small version)" in _sidebar_text(at)
+    ahead = store.find(SHARED_SESSION, "demo:digits:small")
+    assert ahead is not None and ahead.lane == BACKGROUND
+    store.request_cancel(ahead.id)
+    at.switch_page("pages/teachers.py")
+    clean(at.run())
+    assert len(at.dataframe[0].value) == 7  # the small zoo of shapes

@@ -33,6 +33,7 @@ PARSED = [
     ("SCD_DEVICE", "mps", "mps"),
     ("SCD_DEMO_SIZE", "Small", "small"),
     ("SCD_DEMO_WORLD", "digits", "digits"),
+    ("SCD_DEMO_PREBUILD", "off", False),
     ("SCD_ALLOW_SERVER_PATHS", "yes", True),
     ("SCD_ALLOW_SERVER_PATHS", "0", False),
     ("SCD_ALLOW_SERVER_PATHS", "ON", True),
@@ -58,7 +59,7 @@ REFUSED = [
     ("SCD_WORKSPACE_MIN_AGE_S", "-3"), ("SCD_WORKSPACE_MIN_AGE_S", "nan"),
     ("SCD_CACHE_MAX_BYTES", "20GB"), ("SCD_CACHE_MAX_BYTES", "inf"),
     ("SCD_DEVICE", "gpu"), ("SCD_DEVICE", "cuda:x"),
-    ("SCD_DEMO_SIZE", "huge"), ("SCD_DEMO_WORLD", "mnist"),
+    ("SCD_DEMO_SIZE", "huge"), ("SCD_DEMO_WORLD", "mnist"), ("SCD_DEMO_PREBUILD", "later"),
     ("SCD_ALLOW_SERVER_PATHS", "maybe"),
     ("SCD_MAX_IMAGE_PIXELS", "0"), ("SCD_ARCHIVE_MAX_BYTES", "0"), ("SCD_ARCHIVE_MAX_FILES", "many"),
     ("SCD_ARCHIVE_MAX_RATIO", "0"), ("SCD_MAX_TEACHER_CLASSES", "-5"),
@@ -91,7 +92,8 @@ def test_a_bad_value_names_the_variable_the_value_and_what_is_accepted(env, raw)
 def test_defaults():
     assert parse_settings({}) == DEFAULTS == Settings(
         workspace=None, cache_dir=None, workspace_max_bytes=50 * GiB, workspace_min_age_s=600.0,
-        cache_max_bytes=20 * GiB, device="auto", demo_size="full", demo_world="shapes", allow_server_paths=False,
+        cache_max_bytes=20 * GiB, device="auto", demo_size="full", demo_world="shapes", demo_prebuild=True,
+        allow_server_paths=False,
         teachers=(), max_image_pixels=64_000_000, archive_max_bytes=2 * GiB, archive_max_files=100_000,
         archive_max_ratio=200.0, max_teacher_classes=100_000, executor="local", workers=None, torch_threads=None,
         session_max_running=None, session_ttl_s=7 * 24 * 3600.0, rank_in_workers_above=20_000, ray_address=None)

@@ -62,6 +62,17 @@ def test_kd_refuses_a_different_label_space(setup, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_method_refusal_is_the_rule_the_loss_applies():
+    """The app asks method_refusal before queueing a run; the loss refuses the same pairs when it starts."""
+    from scd_core.distill.losses import method_refusal
+
+    assert method_refusal("kd", ["Cat", "dog"], ["dog", "cat"]) is None  # same classes, any order and case
+    why = method_refusal("kd", ["cat", "dog", "owl"], ["cat", "dog"])
+    assert why is not None and "label space" in why and "3 classes" in why
+    assert all(method_refusal(m, ["a", "b", "c"], ["x", "y"]) is None for m in ("ce", "scd", "translate", "rkd"))
+    assert "unknown method" in method_refusal("magic", [], [])
+
+
 def test_unknown_method_and_missing_teacher_are_refused(setup):
     target, _ = setup
     with pytest.raises(ScdError, match="unknown method"):

@@ -66,6 +66,25 @@ def test_ranking_bar_draws_intervals_as_error_bars_and_marks_near_ties():
     assert bar["marker"]["pattern"]["shape"] == ["", "/", ""]
 
 
+def test_a_budgeted_ranking_bar_keeps_the_ranking_order_and_fades_earlier_rounds():
+    """Table and chart show one order (last round first, then by score), even when a teacher dropped in an
+    earlier round has a better score on its smaller subset; the best is not drawn in red."""
+    teachers = (TeacherScore("early_high", 5, 10, {"scd": 0.9}, round=0),
+                TeacherScore("final_low", 5, 40, {"scd": 0.5}, round=2),
+                TeacherScore("final_high", 5, 40, {"scd": 0.6}, round=2),
+                TeacherScore("middle", 5, 20, {"scd": 0.7}, round=1))
+    ranking = Ranking(teachers, {"scd": MetricInfo("scd", True)}, rank_by="scd", budget=0.5)
+    bar = _spec(ranking_bar(ranking, "scd"))["data"][0]
+    order = ["final_high", "final_low", "middle", "early_high"]
+    assert bar["y"] == order == list(sort_ranking(ranking, "scd").index)
+    assert bar["marker"]["opacity"] == [1.0, 1.0, 0.45, 0.45]
+    spec = _spec(ranking_bar(ranking, "scd"))
+    assert "round 0, 10 images" in spec["layout"]["yaxis"]["ticktext"][-1] and "round 0" in bar["hovertext"][-1]
+    best = bar["marker"]["color"][0]
+    assert best.lower() not in ("#d62728", "red", "#ff4b4b", "#ff0000") and best != bar["marker"]["color"][1]
+    assert ranking.rounds() == {0: (10, 1), 1: (20, 1), 2: (40, 2)}
+
+
 def test_sort_ranking_puts_nan_last():
     table = _ranking(scd=(0.4, 0.2, np.nan))
     assert list(sort_ranking(table, "scd").index) == ["b", "a", "c"]
@@ -138,6 +157,13 @@ def test_image_flow_splits_each_teacher_class_along_its_plan_row():
     assert arriving["y"] == TARGET and np.allclose(arriving["x"], [0.3, 0.6, 0.0])
     with pytest.raises(ValueError):
         image_flow(["zzz"], [1.0], plan)
+    # every bar and its label fit inside their axis (a 54.9% bar once ran past the right one)
+    layout = spec["layout"]
+    left_end, right_end = layout["xaxis"]["range"][1], layout["xaxis2"]["range"][1]
+    assert layout["xaxis"]["range"][0] == 0 and left_end >= max(total) and left_end <= 1.0
+    assert right_end >= 1.2 * max(arriving["x"]) and arriving["textposition"] == "outside"
+    big = _spec(image_flow(["c"], [0.549], plan))  # all of c's mass goes to owl: one 54.9% bar on the right
+    assert big["layout"]["xaxis2"]["range"][1] > 0.549 * 1.2 and big["data"][-1]["text"][2] == "54.9%"
     assert _spec(image_top5(["a", "b"], [0.7, 0.2]))["data"][0]["y"] == ["a", "b"]
 
 

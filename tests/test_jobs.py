@@ -19,7 +19,15 @@ from helpers import write_image_folder
 from scd_core import ScdError
 from scd_core.distill.trainer import DistillConfig
 from scd_core.runtime import store as store_mod
-from scd_core.runtime.jobs import Dispatcher, JobStatus, JobStore, submit_distill
+from scd_core.runtime.jobs import (
+    BACKGROUND,
+    SHARED_SESSION,
+    Dispatcher,
+    JobStatus,
+    JobStore,
+    submit_demo_build,
+    submit_distill,
+)
 from scd_core.runtime.settings import read_settings
 from scd_core.runtime.worker import staging_dir
 
@@ -124,6 +132,31 @@ def test_a_key_joins_the_active_job_and_a_limit_refuses_more(store):
     store.submit("s", "call", "a", max_active=3)
     with pytest.raises(ScdError, match="too many runs"):
         store.submit("s", "call", "b", max_active=2)
+
+
+def test_a_demo_world_built_ahead_moves_to_the_service_lane_when_somebody_waits_for_it(store):
+    ahead = submit_demo_build(store, "digits", "small", background=True)
+    assert store.get(ahead).lane == BACKGROUND and store.queue(BACKGROUND)[0][0].id == ahead
+    assert submit_demo_build(store, "digits", "small") == ahead  # joined, not built twice
+    assert store.get(ahead).lane == "service" and store.queue(BACKGROUND) == []
+    assert store.claim(ahead) and not store.promote(ahead, BACKGROUND)  # a running job stays where it runs
+
+
+def test_background_jobs_start_only_when_no_user_job_is_queued_or_running(store, dispatch):
+    """A demo world built ahead of need never delays a user's run: it waits for the queues to empty."""
+    user = call(store, "alice", n=4, delay=0.3)
+    ahead = store.submit(SHARED_SESSION, "call", "built ahead", lane=BACKGROUND,
+                         params={"callable": "job_tasks:steps", "kwargs": {"n": 1, "delay": 0.01}})
+    wait_for(stepping(dispatch, store, user, lambda j: j.status is JobStatus.RUNNING))
+    later = call(store, "bob", n=1, delay=0.01)  # queued behind alice's run (one worker)
+    for _ in range(5):
+        dispatch.step()
+        assert store.get(ahead).status is JobStatus.QUEUED
+    for job_id in (user, later, ahead):
+        settle(dispatch, store, job_id)
+    jobs = {j.id: j for j in store.jobs()}
+    assert all(j.status is JobStatus.FINISHED for j in jobs.values())
+    assert jobs[ahead].started >= max(jobs[user].ended, jobs[later].started)
 
 
 def test_fair_queue_is_round_robin_between_sessions_and_says_why(store):

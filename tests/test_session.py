@@ -107,3 +107,23 @@ def test_zip_folder_round_trips(teacher_folder):
     data = zip_folder(teacher_folder, arcname="student")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert sorted(names) == ["student/config.json", "student/model.safetensors"]
+
+
+def test_an_upload_reports_its_progress_with_growing_fractions(sid, tmp_path):
+    """Extraction, then the check of every image: the app shows these as a progress bar (a 30,000-image
+    upload once gave no sign of life for minutes)."""
+    folder = write_image_folder(tmp_path / "many", {"a": 150, "b": 150}, size=8)
+    data = make_zip(folder, tmp_path / "many.zip").read_bytes()
+    events = []
+    target = load_uploaded_target(sid, "many.zip", data, progress=events.append)
+    assert target.num_classes == 2 and len(target.items) == 300
+    fractions = [e.fraction for e in events]
+    assert all(f is not None for f in fractions) and fractions == sorted(fractions)  # only ever grows
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    phases = [e.phase for e in events]
+    assert {"extract", "validate"} <= set(phases) and phases.index("extract") < phases.index("validate")
+    assert len(events) <= 250  # about a hundred per phase, not one per image and byte block
+    assert any("300 images" in e.message for e in events)
+    again = []  # the same bytes again: already extracted, only the check reports
+    load_uploaded_target(sid, "many.zip", data, progress=again.append)
+    assert again[-1].fraction == 1.0 and "extract" not in {e.phase for e in again}

@@ -30,6 +30,21 @@ def test_parse_source_kinds(tmp_path):
     assert parse_source("missing.zip")[0] == "path"
 
 
+def test_a_demo_source_may_name_its_size():
+    """``demo:WORLD@SIZE``: an app session that chose the small demo worlds hands its workers the same world."""
+    from scd_core.demo.worlds import ensure_world
+    from scd_core.sources import demo_source, split_demo
+
+    assert demo_source("shapes") == "demo:shapes" and demo_source("shapes", "small") == "demo:shapes@small"
+    assert split_demo("shapes@small") == ("shapes", "small") and split_demo("shapes") == ("shapes", None)
+    ensure_world("shapes", size="small")
+    target = load_target("demo:shapes@small")
+    assert target.name == "demo:shapes@small" and target.class_names == sorted(ensure_world("shapes").class_names)
+    assert len(open_repository("demo:shapes@small").names) == 7
+    with pytest.raises(scd_core.ScdError, match="unknown demo world size"):
+        load_target("demo:shapes@huge")
+
+
 def test_every_target_form_loads_through_one_function(tmp_path):
     folder = write_image_folder(tmp_path / "t", {"a": 3, "b": 3})
     archive = make_zip(folder, tmp_path / "t.zip")

@@ -133,6 +133,14 @@ class Ranking:
 
         return sorted(self.teachers, key=key)
 
+    def rounds(self) -> dict[int, tuple[int, int]]:
+        """Per successive-halving round: (images it scored on, teachers whose last round it was), by round."""
+        out: dict[int, tuple[int, int]] = {}
+        for t in self.teachers:
+            images, count = out.get(t.round, (t.images, 0))
+            out[t.round] = (max(images, t.images), count + 1)
+        return dict(sorted(out.items()))
+
     def near_ties_for(self, metric: str | None = None) -> list[str]:
         """Teachers whose 95% interval of ``metric`` overlaps the leader's (by :meth:`ordered`).
 

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from scd_core.config import DEFAULTS, settings
 from scd_core.errors import ScdError
+from scd_core.progress import ProgressFn, emit
 
 ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz4",
                               ".lzma", ".tbz2", ".txz", ".cab", ".jar", ".war", ".iso"})
@@ -75,12 +76,13 @@ def _looks_like_archive(head: bytes) -> bool:
 
 
 def safe_extract_zip(archive: str | Path, dest: str | Path, limits: ArchiveLimits | None = None,
-                     error: type[ScdError] = ScdError) -> Path:
+                     error: type[ScdError] = ScdError, progress: ProgressFn | None = None) -> Path:
     """Extract ``archive`` into ``dest`` after validating every entry; returns ``dest``.
 
     ``dest`` is published atomically (a rename). When ``dest`` appears meanwhile (another session or
     process extracting the same content-addressed archive), the existing folder is kept and ours is
-    discarded. ``limits`` default to :meth:`ArchiveLimits.from_env`.
+    discarded. ``limits`` default to :meth:`ArchiveLimits.from_env`. ``progress`` hears the fraction of
+    the uncompressed bytes written (about a hundred events for a large archive).
     """
     limits = limits or ArchiveLimits.from_env()
     archive, dest = Path(archive), Path(dest)
@@ -137,6 +139,8 @@ def safe_extract_zip(archive: str | Path, dest: str | Path, limits: ArchiveLimit
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
         current = ""
+        done_bytes, step, next_report = 0, max(total // 100, 1), 0
+        emit(progress, f"extracting {len(entries)} files", 0.0, "extract")
         try:
             root = tmp.resolve()
             for rel in folders:
@@ -162,7 +166,13 @@ def safe_extract_zip(archive: str | Path, dest: str | Path, limits: ArchiveLimit
                         if written > info.file_size:  # the header lied about the size
                             raise error(f"{archive.name}: entry {rel} is larger than declared")
                         out.write(block)
+                done_bytes += written
+                if done_bytes >= next_report:
+                    next_report = done_bytes + step
+                    emit(progress, f"extracting: {done_bytes / max(total, 1):.0%} of {total:,} bytes",
+                         min(1.0, done_bytes / max(total, 1)), "extract")
             current = ""
+            emit(progress, f"extracted {len(entries)} files", 1.0, "extract")
             try:
                 tmp.rename(dest)
             except OSError:

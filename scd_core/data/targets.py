@@ -33,6 +33,7 @@ from scd_core.data.archives import ArchiveLimits, safe_extract_zip, single_top_f
 from scd_core.data.images import check_image_bytes, is_image_name, load_rgb
 from scd_core.errors import TargetSetError
 from scd_core.fingerprint import bytes_sha256, combine
+from scd_core.progress import ProgressFn, emit, scaled
 
 SPLITS = ("train", "val", "test")
 UNLABELED = "unlabeled"
@@ -144,7 +145,7 @@ def _nfc(label: str | None) -> str | None:
 
 
 def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fraction: float,
-           seed: int) -> TargetSet:
+           seed: int, progress: ProgressFn | None = None) -> TargetSet:
     if not records:
         raise TargetSetError(f"{source}: no images found")
     records = [_Record(r.path, _nfc(r.label), r.split) for r in records]
@@ -194,7 +195,9 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
 
     items: list[TargetItem] = []
     seen: dict[Path, str] = {}
-    for rec, split in zip(records, splits):
+    every = max(len(records) // 100, 1)  # about a hundred events, however many images
+    emit(progress, f"checking {len(records)} images", 0.0, "validate")
+    for done, (rec, split) in enumerate(zip(records, splits), start=1):
         resolved = rec.path.resolve()
         if resolved in seen:
             raise TargetSetError(f"{rec.path}: listed twice (also as {seen[resolved]})")
@@ -206,6 +209,8 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
         check_image_bytes(data, _rel(rec.path, root))
         label = index[rec.label] if rec.label is not None else UNLABELED_INDEX
         items.append(TargetItem(rec.path, _rel(rec.path, root), label, split, bytes_sha256(data)))
+        if done % every == 0 or done == len(records):
+            emit(progress, f"checked {done:,} of {len(records):,} images", done / len(records), "validate")
     order = {s: i for i, s in enumerate((*SPLITS, UNLABELED))}
     items.sort(key=lambda it: (order[it.split], it.label, it.rel))
     return TargetSet(name=name, root=root, class_names=class_names, items=items, source=source,
@@ -355,12 +360,15 @@ def extraction_dir(archive: Path, extract_dir: Path | None = None) -> Path:
 
 
 def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
-                extract_dir: Path | None = None, limits: ArchiveLimits | None = None) -> TargetSet:
+                extract_dir: Path | None = None, limits: ArchiveLimits | None = None,
+                progress: ProgressFn | None = None) -> TargetSet:
     """Load and validate a target set from a folder, a .zip or a CSV path.
 
     Source strings such as ``demo:WORLD`` are resolved by :func:`scd_core.sources.load_target`. A zip
     is extracted safely (:func:`scd_core.data.archives.safe_extract_zip`, within ``limits``) into
-    :func:`extraction_dir`; when the content is refused, the extraction is removed again.
+    :func:`extraction_dir`; when the content is refused, the extraction is removed again. ``progress``
+    hears the extraction (the first 30% of a zip) and the check of every image (the rest), with
+    fractions that only grow.
     """
     text = str(spec)
     path = Path(text)
@@ -372,10 +380,11 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
         dest = extraction_dir(path, extract_dir)
         created = not dest.exists()
         if created:
-            safe_extract_zip(path, dest, limits, error=TargetSetError)
+            safe_extract_zip(path, dest, limits, error=TargetSetError, progress=scaled(progress, 0.0, 0.3))
         try:
             with workspace.hold(dest):
-                ts = load_target(single_top_folder(dest, keep=_is_data_folder), val_fraction=val_fraction, seed=seed)
+                ts = load_target(single_top_folder(dest, keep=_is_data_folder), val_fraction=val_fraction, seed=seed,
+                                 progress=scaled(progress, 0.3 if created else 0.0, 1.0))
         except BaseException:
             if created:  # a refused archive leaves no extracted files behind
                 shutil.rmtree(dest, ignore_errors=True)
@@ -386,14 +395,16 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
         return ts
     if path.is_file() and path.suffix.lower() == ".csv":
         records = _read_csv(path)
-        return _build(records, path.parent.resolve(), path.stem, str(path), val_fraction=val_fraction, seed=seed)
+        return _build(records, path.parent.resolve(), path.stem, str(path), val_fraction=val_fraction, seed=seed,
+                      progress=progress)
     if path.is_dir():
         root = single_top_folder(path, keep=_is_data_folder)
         csvs = sorted(p for p in root.glob("*.csv") if not p.name.startswith("."))
         if len(csvs) > 1:
             raise TargetSetError(f"{root}: several CSV files ({', '.join(p.name for p in csvs)}); keep one")
         records = _read_csv(csvs[0]) if csvs else _read_folder(root, str(path))
-        return _build(records, root.resolve(), path.name, str(path), val_fraction=val_fraction, seed=seed)
+        return _build(records, root.resolve(), path.name, str(path), val_fraction=val_fraction, seed=seed,
+                      progress=progress)
     raise TargetSetError(f"{text}: expected a folder, a .zip, a .csv or demo:WORLD")
 
 

@@ -13,8 +13,10 @@ world once into the workspace and reuses it afterwards; :func:`world_description
 teachers should help. ``world.json`` also records the hidden labels of the unlabeled pool (outside the
 target folder, so no loader sees them) and each teacher's accuracy on held-out images of its own task.
 
-Sizes: ``full`` (the demo; about 60 s of one CPU core per world, teacher training included) and
-``small`` (for tests; a few seconds, same layout and label spaces, teachers only partly trained).
+Sizes: ``full`` (the demo; 70-75 s per world on a quiet 2-core machine, teacher training included, up to
+about 3 minutes on a busy one) and ``small`` (for tests and impatient first looks; about 12-15 s, same
+layout and label spaces, fewer images, teachers only partly trained). :data:`BUILD_SECONDS` holds the
+measured range.
 """
 
 from __future__ import annotations
@@ -44,13 +46,17 @@ from scd_core.demo.digits import DigitsFamily, render_digits
 from scd_core.demo.shapes import ShapesFamily, render_shapes
 from scd_core.errors import ScdError
 
-__all__ = ["BUILD_THREADS", "MANIFEST_NAME", "SIZES", "VERSION", "WORLDS", "DemoWorld", "build_world", "ensure_world",
-           "family", "open_world", "render_digits", "render_shapes", "world_description", "world_dir"]
+__all__ = ["BUILD_SECONDS", "BUILD_THREADS", "MANIFEST_NAME", "SIZES", "VERSION", "WORLDS", "DemoWorld", "build_world",
+           "ensure_world", "family", "open_world", "render_digits", "render_shapes", "world_description", "world_dir"]
 
 #: the demo world families by name (a registry: the one place a world name is resolved)
 _FAMILIES: dict[str, Family] = {"shapes": ShapesFamily(), "digits": DigitsFamily()}
 WORLDS: tuple[str, ...] = tuple(_FAMILIES)
 SIZES: tuple[str, ...] = ("full", "small")
+BUILD_SECONDS: dict[str, tuple[int, int]] = {"full": (70, 180), "small": (12, 15)}
+"""Measured wall seconds of one world's build on 2 CPU cores, quiet machine to busy one
+(``benchmarks/results/demo_build.json``: full 70 s shapes, 74 s digits on a quiet machine; 162 s and 178 s with
+other jobs running; small 12-14 s)."""
 
 
 def _check_name(name: str) -> str:

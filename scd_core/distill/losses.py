@@ -83,6 +83,13 @@ class DistillLoss(ABC):
         """This loss's keyword options, read from a run's config."""
         return {"weight": config.weight, "temperature": config.temperature}
 
+    @classmethod
+    def refusal(cls, teacher_labels: list[str], target_labels: list[str]) -> str | None:
+        """Why this loss cannot use a teacher with ``teacher_labels`` on ``target_labels`` (None: it can).
+
+        The one rule, checked by :meth:`prepare` before training and by the app before a run is queued."""
+        return None
+
     def prepare(self, context: TeacherContext | None, device: torch.device) -> None:  # noqa: B027
         """Check compatibility with the teacher and precompute what the loss needs."""
 
@@ -122,15 +129,22 @@ class KDLoss(DistillLoss):
 
     name = "kd"
 
+    @classmethod
+    def refusal(cls, teacher_labels: list[str], target_labels: list[str]) -> str | None:
+        teacher = sorted(n.casefold() for n in teacher_labels)
+        target = sorted(n.casefold() for n in target_labels)
+        if teacher == target:
+            return None
+        return (f"method 'kd' needs the teacher's label space to equal the target's "
+                f"(teacher has {len(teacher)} classes, target {len(target)}); use scd, translate or rkd")
+
     def prepare(self, context: TeacherContext | None, device: torch.device) -> None:
         assert context is not None
+        why = self.refusal(context.teacher_labels, context.target_labels)
+        if why is not None:
+            raise ScdError(why)
         teacher = [n.casefold() for n in context.teacher_labels]
         target = [n.casefold() for n in context.target_labels]
-        if sorted(teacher) != sorted(target):
-            raise ScdError(
-                f"method 'kd' needs the teacher's label space to equal the target's "
-                f"(teacher has {len(teacher)} classes, target {len(target)}); use scd, translate or rkd"
-            )
         self.index = torch.tensor([teacher.index(n) for n in target], device=device)
 
     def teacher_term(self, batch: Batch) -> torch.Tensor:
@@ -265,6 +279,16 @@ LOSSES: dict[str, type[DistillLoss]] = {
     cls.name: cls for cls in (CrossEntropyLoss, KDLoss, RKDLoss, SCDLoss, TranslateLoss)
 }
 METHODS = tuple(LOSSES)
+
+
+def method_refusal(method: str, teacher_labels: list[str], target_labels: list[str]) -> str | None:
+    """Why ``method`` cannot distill a teacher with ``teacher_labels`` into ``target_labels`` (None: it can).
+
+    The same rule the loss applies when a run starts (:meth:`DistillLoss.refusal`), so a caller can refuse
+    the run before queueing it."""
+    if method not in LOSSES:
+        return f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
+    return LOSSES[method].refusal(list(teacher_labels), list(target_labels))
 
 
 def make_loss(method: str, **kwargs) -> DistillLoss:

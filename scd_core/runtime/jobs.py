@@ -10,7 +10,11 @@ training loop and a job's speed does not depend on which page is open.
 - **Slots.** ``workers`` training slots, each an executor of one worker process (one device each
   when there are several GPUs), and one service slot for demo-world builds, which every page may
   wait for and which must not queue behind long runs. A slot of its own per worker means a worker
-  that dies (SIGKILL, out of memory) takes no other job with it.
+  that dies (SIGKILL, out of memory) takes no other job with it. A background slot (its worker started
+  only when needed) builds the demo worlds nobody waits for yet: a background job starts only while no
+  training or service job is queued or running, and its worker runs at the lowest CPU priority, so it
+  never delays a user's own jobs. A page that comes to need it moves a queued one to the service lane
+  (:meth:`JobStore.promote`).
 - **Fairness.** Round-robin between sessions (:meth:`JobStore.queue`), and at most
   ``session_max_running`` running jobs per session.
 - **Cancel.** The worker stops at the next optimizer step after its watcher sees the flag; a worker
@@ -59,6 +63,7 @@ from scd_core.runtime.worker import run_job, staging_dir, teacher_spec_to_json, 
 
 __all__ = [
     "ACTIVE_STATES",
+    "BACKGROUND",
     "SHARED_SESSION",
     "TERMINAL_STATES",
     "Dispatcher",
@@ -68,12 +73,15 @@ __all__ = [
     "QueueSlot",
     "default_dispatcher",
     "default_store",
+    "demo_build_key",
     "submit_demo_build",
     "submit_distill",
     "submit_validate",
 ]
 
 LOGGER = logging.getLogger(__name__)
+BACKGROUND = "background"
+"""The lane of low-priority jobs (demo worlds built ahead of need)."""
 
 
 @dataclass
@@ -115,6 +123,7 @@ class Dispatcher:
 
         self.slots = [_Slot("train", i, factory) for i in range(self.config.workers)]
         self.slots.append(_Slot("service", 0, factory))
+        self.slots.append(_Slot(BACKGROUND, 0, factory))
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,6 +139,8 @@ class Dispatcher:
                 self.recover()
                 if self.warm:  # start the workers now: the first run does not wait for torch to import
                     for slot in self.slots:
+                        if slot.lane == BACKGROUND:  # started on first use: most servers never need it
+                            continue
                         with contextlib.suppress(Exception):
                             slot.ensure().submit(warm_up)
                 self._thread = threading.Thread(target=self._loop, name="scd-dispatcher", daemon=True)
@@ -186,10 +197,12 @@ class Dispatcher:
             if slot.future is not None and slot.future.done():
                 self._settle(slot)
         self._enforce_cancels()
-        for lane in ("service", "train"):
+        for lane in ("service", "train", BACKGROUND):
             free = [s for s in self.slots if s.lane == lane and s.job_id is None]
             if not free:
                 continue
+            if lane == BACKGROUND and self._foreground_busy():
+                continue  # background work waits for every user's queue to empty
             for job, _ in self.store.queue(lane):
                 if not free:
                     break
@@ -207,6 +220,10 @@ class Dispatcher:
         if self.on_session_expired is not None and now - self._last_sweep > self.sweep_s:
             self._last_sweep = now
             self.sweep_sessions()
+
+    def _foreground_busy(self) -> bool:
+        """Whether any training or service job is queued or running (background jobs wait for that)."""
+        return any(self.store.running_count(lane) or self.store.queue(lane) for lane in ("service", "train"))
 
     def _submit(self, slot: _Slot, job: JobSnapshot) -> None:
         slot.job_id, slot.killed_for_cancel, slot.cancel_seen = job.id, False, None
@@ -420,7 +437,20 @@ def submit_validate(store: JobStore, session: str, *, target: str, extract_dir: 
     return store.submit(session, "validate", label, params=params, meta=meta)
 
 
-def submit_demo_build(store: JobStore, world: str, size: str | None = None) -> str:
-    """Queue (or join) the build of demo world ``world``, shared by every session."""
-    return store.submit(SHARED_SESSION, "demo", f"demo world {world}", params={"world": world, "size": size},
-                        key=f"demo:{world}:{size}", lane="service")
+def demo_build_key(world: str, size: str | None = None) -> str:
+    """The job key of the build of demo world ``world`` of ``size`` (one build however many ask for it)."""
+    return f"demo:{world}:{size}"
+
+
+def submit_demo_build(store: JobStore, world: str, size: str | None = None, *, background: bool = False) -> str:
+    """Queue (or join) the build of demo world ``world``, shared by every session.
+
+    ``background``: build it ahead of need, at low priority (see the module doc); otherwise somebody waits
+    for it, and a queued background build of the same world is moved to the service lane.
+    """
+    key = demo_build_key(world, size)
+    job_id = store.submit(SHARED_SESSION, "demo", f"demo world {world}", params={"world": world, "size": size},
+                          key=key, lane=BACKGROUND if background else "service")
+    if not background:
+        store.promote(job_id, "service")
+    return job_id

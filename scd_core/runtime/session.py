@@ -27,8 +27,9 @@ from scd_core.data.archives import ArchiveLimits, safe_extract_zip, single_top_f
 from scd_core.data.targets import TargetSet, extraction_dir, load_target
 from scd_core.errors import ScdError, TargetSetError, TeacherError
 from scd_core.fingerprint import bytes_sha256
+from scd_core.progress import ProgressFn, emit
 from scd_core.runtime.workspace import enforce_limit, subdir, workspace_dir
-from scd_core.sources import open_repository
+from scd_core.sources import demo_source, open_repository
 from scd_core.teachers.repository import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
@@ -153,18 +154,21 @@ def _upload_message(exc: BaseException, filename: str, paths: list[Path], stored
 
 
 def load_uploaded_target(session_id: str, filename: str, data: bytes, *,
-                         limits: ArchiveLimits | None = None) -> TargetSet:
+                         limits: ArchiveLimits | None = None, progress: ProgressFn | None = None) -> TargetSet:
     """Save, extract and validate an uploaded target zip; on any problem remove what was written.
 
     The error message names the file inside the upload (``pets.zip/cat/3.png: ...``), never the
-    server's folders. ``limits`` default to :meth:`ArchiveLimits.from_env`.
+    server's folders. ``limits`` default to :meth:`ArchiveLimits.from_env`. ``progress`` hears the
+    extraction and the check of every image, with fractions that only grow (a 30,000-image upload takes
+    minutes on a small server: the user sees it move).
     """
+    emit(progress, f"saving {filename}", 0.0, "save")
     path = save_upload(session_id, filename, data, "targets", TargetSetError)
     extract_dir = session_dir(session_id, "targets")
     dest = extraction_dir(path, extract_dir)
     existed = dest.exists()
     try:
-        target = load_target(path, extract_dir=extract_dir, limits=limits)
+        target = load_target(path, extract_dir=extract_dir, limits=limits, progress=progress)
     except BaseException as exc:
         if not existed:
             shutil.rmtree(dest, ignore_errors=True)
@@ -280,9 +284,11 @@ class TeacherSources:
     uploads: list[str] = field(default_factory=list)  # uploaded teacher folders (session)
     hub: list[str] = field(default_factory=list)  # hf-hub:<repo> names and timm pretrained tags
     hidden: list[str] = field(default_factory=list)  # teacher names removed from view
+    demo_size: str | None = None  # the demo zoo's size when not the server's SCD_DEMO_SIZE (a session's choice)
 
     def key(self) -> tuple:
-        return (self.demo, tuple(self.folders), tuple(self.uploads), tuple(self.hub), tuple(self.hidden))
+        return (self.demo, tuple(self.folders), tuple(self.uploads), tuple(self.hub), tuple(self.hidden),
+                self.demo_size)
 
 
 @dataclass
@@ -314,7 +320,7 @@ def collect_teachers(sources: TeacherSources) -> CollectedTeachers:
 
     if sources.demo:
         try:
-            add(open_repository(f"demo:{sources.demo}").specs, f"demo zoo '{sources.demo}'")
+            add(open_repository(demo_source(sources.demo, sources.demo_size)).specs, f"demo zoo '{sources.demo}'")
         except ScdError as exc:
             errors.append(str(exc))
     for folder in sources.folders:

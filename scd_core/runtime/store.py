@@ -300,6 +300,12 @@ class JobStore:
             self._touch(conn, session, now)
         return job_id
 
+    def promote(self, job_id: str, lane: str) -> bool:
+        """Move a queued job to ``lane`` (a background build somebody now waits for); False when it is not
+        queued any more (a running job stays where it runs)."""
+        return self._write("UPDATE jobs SET lane=? WHERE id=? AND status=?", (lane, job_id,
+                                                                            JobStatus.QUEUED.value)) > 0
+
     def restart(self, session: str, job_id: str) -> str | None:
         """Queue a new job with the parameters of a failed, cancelled or interrupted one of ``session``."""
         job = self.get(job_id, session=session)

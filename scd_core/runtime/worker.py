@@ -15,6 +15,7 @@ where the app would offer it for download.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -302,9 +303,19 @@ def _published(result: dict, staging: Path, final: Path) -> dict:
     return json.loads(text)
 
 
+def lowest_priority() -> None:
+    """Run this worker process at the lowest CPU priority from now on (it only ever does background work)."""
+    # without nice (another platform) the dispatcher's ordering still keeps it out of the way
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(19 - os.nice(0))
+
+
 def _demo_runner(store: JobStore, job: JobSnapshot, report: Reporter, cancel: threading.Event,
                  device_index: int | None) -> tuple[JobStatus, dict]:
     from scd_core.demo.worlds import ensure_world
+
+    if job.lane == "background":  # a world built ahead of need must not slow anybody's own jobs
+        lowest_priority()
 
     world = ensure_world(job.params["world"], size=job.params.get("size"), progress=report)
     return JobStatus.FINISHED, {"root": str(world.root)}

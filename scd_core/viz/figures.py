@@ -27,8 +27,8 @@ from scd_core.assess.ranking import Ranking
 from scd_core.ot.plans import LabeledMatrix
 
 ROW_ORDERS = ("blocks", "mass", "original")
-BEST_COLOUR = "#d62728"
-OTHER_COLOUR = "#7f9fbf"
+BEST_COLOUR = "#1f4e8c"  # a strong blue: red is kept for warnings and errors
+OTHER_COLOUR = "#a3bbd4"
 BASELINE_COLOUR = "#555555"
 MAX_ANNOTATED_CELLS = 400
 _KIND_TITLES = {
@@ -83,6 +83,10 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
     names = [str(t.name) for t in ordered]
     values = np.array([t.scores.get(metric, np.nan) for t in ordered], dtype=float)
     colours = [BEST_COLOUR if i == 0 else OTHER_COLOUR for i in range(len(names))]
+    # a budgeted ranking: teachers dropped in an earlier round were scored on fewer images; their bars are
+    # faded and the order stays the ranking's (last round first), as in the table
+    last_round = max((t.round for t in ordered), default=0)
+    opacity = [1.0 if t.round == last_round else 0.45 for t in ordered]
     # Bars start just beyond the worst value, so the longest bar is always the best teacher, whatever
     # the metric's sign and direction (a log-likelihood near 0 would otherwise draw the shortest bar).
     finite = values[np.isfinite(values)]
@@ -90,10 +94,12 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
     pad = 0.05 * span if span > 0 else max(abs(float(finite[0])) * 0.05, 1e-12) if finite.size else 1.0
     base = (float(finite.min()) - pad if higher else float(finite.max()) + pad) if finite.size else 0.0
     bar = dict(
-        x=(values - base).tolist(), base=base, y=names, orientation="h", marker_color=colours,
+        x=(values - base).tolist(), base=base, y=names, orientation="h",
+        marker={"color": colours, "opacity": opacity} if ranking.budget is not None else {"color": colours},
         customdata=values.tolist(), text=[f"{v:.4g}" for v in values], textposition="auto",
         hovertemplate="teacher: %{y}<br>value: %{customdata:.5g}<extra></extra>",
     )
+    rounds = [f"round {t.round}, {t.images} images" for t in ordered]
     intervals = [t.intervals.get(metric) for t in ordered]
     if any(iv is not None for iv in intervals):
         low = np.array([iv[0] if iv is not None else v for iv, v in zip(intervals, values)], dtype=float)
@@ -105,11 +111,18 @@ def ranking_bar(ranking: Ranking, metric: str) -> go.Figure:
                                 "[%{customdata[1]:.5g}, %{customdata[2]:.5g}]<extra></extra>")
         bar["customdata"] = np.column_stack([values, low, high]).tolist()
         ties = set(ranking.near_ties_for(metric))
-        bar["marker_pattern_shape"] = ["/" if n in ties else "" for n in names]
+        bar["marker"]["pattern"] = {"shape": ["/" if n in ties else "" for n in names]}
+    if ranking.budget is not None:  # each teacher's round and image count, in the hover and the axis labels
+        bar["hovertext"] = rounds
+        bar["hovertemplate"] = bar["hovertemplate"].replace("<extra>", "<br>%{hovertext}<extra>")
     fig = go.Figure(go.Bar(**bar))
     arrow = "→ better" if higher else "← better"
+    if ranking.budget is not None:
+        fig.update_yaxes(tickmode="array", tickvals=names,
+                         ticktext=[f"{n}<br><sub>{r}</sub>" for n, r in zip(names, rounds)])
     fig.update_layout(
-        title=f"{metric} per teacher ({direction_label(higher)}; best in red)",
+        title=f"{metric} per teacher ({direction_label(higher)}; best highlighted"
+              + ("; last round first, earlier rounds faded)" if ranking.budget is not None else ")"),
         xaxis_title=f"{metric} {arrow}", yaxis={"autorange": "reversed", "automargin": True},
         height=max(260, 34 * len(names) + 120), margin={"l": 10, "r": 20, "t": 50, "b": 40},
         showlegend=False,
@@ -283,7 +296,7 @@ def image_flow(teacher_classes: Sequence[str], probs: Sequence[float], plan: Lab
     fig.add_trace(go.Bar(
         x=arriving.tolist(), y=unique_labels(plan.cols), orientation="h", marker={"color": bar_colours,
                                                                         "line": {"width": line, "color": "black"}},
-        showlegend=False, text=[f"{a:.1%}" for a in arriving], textposition="auto",
+        showlegend=False, text=[f"{a:.1%}" for a in arriving], textposition="outside", cliponaxis=False,
         hovertemplate="target class: %{y}<br>mass from the top classes: %{x:.1%}<extra></extra>",
     ), row=1, col=2)
     fig.update_layout(
@@ -292,8 +305,17 @@ def image_flow(teacher_classes: Sequence[str], probs: Sequence[float], plan: Lab
         legend={"title": {"text": "to target class"}, "orientation": "h", "y": -0.18, "x": 0},
     )
     fig.update_xaxes(tickformat=".0%")
+    # Explicit ranges: plotly's autorange ignores labels drawn outside the bars, so the longest bar's label
+    # (e.g. "54.9%") ran past the axis; the right axis leaves room for it.
+    fig.update_xaxes(range=[0.0, _axis_end(float(flows.sum(axis=1).max(initial=0.0)), 1.05)], row=1, col=1)
+    fig.update_xaxes(range=[0.0, _axis_end(float(arriving.max(initial=0.0)), 1.3)], row=1, col=2)
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
+
+
+def _axis_end(longest: float, room: float) -> float:
+    """The end of a [0, end] value axis: the longest bar plus ``room`` for its label, never empty."""
+    return max(longest * room, 0.05)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,8 +373,8 @@ def run_comparison(runs: Sequence[Mapping], baseline: float | None = None, metri
         fig.add_hline(y=baseline, line_dash="dash", line_color=BASELINE_COLOUR,
                       annotation_text=f"ce baseline {baseline:.1%}", annotation_position="top left")
     name = {"val_acc": "validation accuracy", "test_acc": "test accuracy"}.get(metric, metric)
-    fig.update_layout(title=f"Final {name} per run (best in red)", yaxis={"tickformat": ".0%", "rangemode": "tozero",
-                                                                         "title": name},
+    fig.update_layout(title=f"Final {name} per run (best highlighted)",
+                      yaxis={"tickformat": ".0%", "rangemode": "tozero", "title": name},
                       xaxis={"automargin": True}, height=360, margin={"l": 10, "r": 10, "t": 50, "b": 40})
     return fig
 
