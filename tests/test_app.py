@@ -311,18 +311,24 @@ def test_server_folder_only_when_the_operator_allows_it(tmp_path, monkeypatch):
     assert list(at.dataframe[0].value.index) == ["p", "q"]
 
 
-def test_a_run_is_cancelled_from_the_page():
+def start_ce_runs(epochs: int, **numbers: int) -> AppTest:
+    """A new session's Distill page after starting ``ce`` runs of a tiny student (one seed; ``numbers``:
+    other number inputs of the form by key suffix, e.g. ``batch=4``, ``folds=2``)."""
     at = clean(new_app().run())
     at.switch_page("pages/distill.py")
     clean(at.run())
     at.multiselect(key="w_dist_methods").set_value(["ce"])
     at.selectbox(key="w_dist_student").set_value("test_resnet")
-    at.number_input(key="w_dist_epochs").set_value(400)
+    at.number_input(key="w_dist_epochs").set_value(epochs)
     at.number_input(key="w_dist_seeds").set_value(1)
-    at.number_input(key="w_dist_batch").set_value(4)
-    at.number_input(key="w_dist_seeds").set_value(1)
+    for name, value in numbers.items():
+        at.number_input(key=f"w_dist_{name}").set_value(value)
     button(at, "Start runs").click()
-    clean(at.run())
+    return clean(at.run())
+
+
+def test_a_run_is_cancelled_from_the_page():
+    at = start_ce_runs(400, batch=4)
     store, sid = default_store(), at.session_state["scd_session"]
     deadline = time.time() + 120
     while not store.jobs(sid)[0].history and time.time() < deadline:  # training has started
@@ -444,16 +450,7 @@ def test_check_the_ranking_runs_in_the_background_and_shows_the_scatter():
 
 def test_k_fold_runs_are_compared_over_folds():
     """Distill with 2 cross-validation folds: one run per fold, grouped into one comparison row over folds."""
-    at = clean(new_app().run())
-    at.switch_page("pages/distill.py")
-    clean(at.run())
-    at.multiselect(key="w_dist_methods").set_value(["ce"])
-    at.selectbox(key="w_dist_student").set_value("test_resnet")
-    at.number_input(key="w_dist_epochs").set_value(1)
-    at.number_input(key="w_dist_seeds").set_value(1)
-    at.number_input(key="w_dist_folds").set_value(2)
-    button(at, "Start runs").click()
-    clean(at.run())
+    at = start_ce_runs(1, folds=2)
     wait_for_runs(at)
     assert not errors(at)
     assert any("2-fold cross-validation" in c.value for c in at.caption)
