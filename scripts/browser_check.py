@@ -13,8 +13,9 @@ It starts ``streamlit run app.py --server.headless true --server.port N`` with `
 temporary workspace (or ``--workspace``, to reuse an already built demo world), polls
 ``/_stcore/health``, then walks through: the demo world build (first launch) -> home page -> upload of a
 real zip of PNG files -> a broken upload (error shown) -> back to the demo -> Teachers -> Ranking (rank,
-then budgeted) -> its "Next" link to Transport plans (plan and cost, drill-downs) -> its "Next" link to
-Distill (two tiny runs, a page switch while they run, finished curves and comparison). After every action it waits for
+then budgeted, then Check the ranking as a background job) -> its "Next" link to Transport plans (plan and
+cost, drill-downs) -> its "Next" link to Distill (two tiny runs, a page switch while they run, finished
+curves and comparison). After every action it waits for
 ``[data-testid="stApp"][data-test-script-state="notRunning"]``. It fails (exit 1) when a page shows an
 exception box, and writes ``report.json`` (steps, timings, errors seen) beside the screenshots.
 
@@ -325,6 +326,17 @@ def run(args: argparse.Namespace) -> int:
             d.wait_text("Rounds", timeout=300)
             d.idle()
             d.shot("05b_ranking_budget", "budgeted ranking: one order in table and chart, rounds explained")
+
+            # Check the ranking: a background validate job (2 teachers, 1 seed, 1 epoch), then its scatter
+            for label, value in (("Teachers (from the top)", "2"), ("Epochs", "1")):
+                box = page.get_by_label(label, exact=True)
+                box.fill(value)
+                box.press("Enter")
+                d.idle()
+            d.click_button("Check the ranking")
+            d.wait_text("Download the check (JSON)", timeout=600)
+            d.idle()
+            d.tall_shot("05c_ranking_check", "Check the ranking: score vs student accuracy per metric, weighted tau")
 
             # the "Next" link carries the best teacher to the Transport plans page
             page.get_by_text(re.compile(r"^Next: how .*'s labels map onto yours$")).first.click()
