@@ -157,7 +157,11 @@ def markdown(results: list[dict], info: dict, share: dict) -> str:
                          f"`{c['best_teacher_adaptive']}` at {c['best_adaptive_minus_ce_points']:+.1f}.")
         sources = sorted({s for row in r["teachers"].values() for cell in row.values() if cell
                           for s in cell.get("sources", [])})
-        lines += [f"Sources of the cells: {', '.join(sources) or 'measured now'}.", ""]
+        lines += [f"Sources of the cells: {', '.join(sources) or 'measured now'}"
+                  + (" (earlier results file: the fixed-weight cells of an earlier run with the same settings, "
+                     "trained before the trainer was split into modules; runs log and measured now: the current "
+                     "trainer, as are `ce` and every adaptive cell here)." if "earlier results file" in sources
+                     else "."), ""]
     return "\n".join(lines)
 
 
