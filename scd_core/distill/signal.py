@@ -8,8 +8,7 @@ teacher's *label agreement* :math:`a \in [0, 1]`, measured on the labeled train 
 training. At the loss's temperature :math:`T`, the ``scd`` term pulls the student toward the target
 class of least expected cost, :math:`\hat y(x) = \arg\min_j (p^T_t(x) C)_j`. With :math:`n` labeled
 images, :math:`\mathrm{acc}_-` is the one-sided 95% Wilson lower bound of how often :math:`\hat y(x)`
-is the label, each image judged by a cost fitted on the *other* half of the labeled images (2-fold,
-stratified cross-fitting: a cost fitted to a few images also fits their noise), and
+is the label, and
 
 .. math::
     a = \max\Big(0, \frac{\mathrm{acc}_- - 1/K_s}{1 - 1/K_s}\Big),
@@ -59,30 +58,8 @@ def wilson_lower(hits: int, n: int, z: float = AGREEMENT_Z) -> float:
     return float(max(0.0, (centre - spread) / (1 + z * z / n)))
 
 
-def _transported_hits(outputs: TeacherOutputs, cost: np.ndarray, temperature: float,
-                      rows: np.ndarray | None = None) -> int:
-    r"""How many of ``rows`` (default: all) have :math:`\arg\min_j (p^T_t(x) C)_j` equal to their label."""
-    index = np.arange(outputs.num_samples) if rows is None else np.asarray(rows)
-    c = np.asarray(cost, dtype=np.float64)
-    hits = 0
-    for start in range(0, index.size, 4096):
-        part = index[start:start + 4096]
-        z = np.asarray(outputs.logits[part], dtype=np.float64) / temperature
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        hits += int(((p @ c).argmin(axis=1) == outputs.labels[part]).sum())
-    return hits
-
-
-def _agreement(hits: int, n: int, k: int, accuracy_of: str) -> dict:
-    lower = wilson_lower(hits, n)
-    return {"accuracy": hits / n, "accuracy_lower": lower, "n": n, "accuracy_of": accuracy_of,
-            "agreement": float(max(0.0, (lower - 1.0 / k) / (1.0 - 1.0 / k)))}
-
-
 def label_agreement(outputs: TeacherOutputs, cost: np.ndarray, temperature: float = 1.0) -> dict:
-    r"""How far the teacher's transported predictions agree with the labels (see the module docstring),
-    with ``cost`` fixed beforehand: every labeled image is judged by the same cost.
+    r"""How far the teacher's transported predictions agree with the labels (see the module docstring).
 
     Returns ``accuracy`` (of :math:`\arg\min_j (p^T_t(x) C)_j`), its Wilson lower bound
     ``accuracy_lower``, ``n`` and the chance-corrected ``agreement`` in [0, 1] computed from the bound.
@@ -90,37 +67,17 @@ def label_agreement(outputs: TeacherOutputs, cost: np.ndarray, temperature: floa
     k, n = outputs.num_target_classes, outputs.num_samples
     if n == 0 or k < 2:
         return {"accuracy": float("nan"), "accuracy_lower": 0.0, "n": n, "agreement": 0.0}
-    return _agreement(_transported_hits(outputs, cost, temperature), n, k, "in-sample")
-
-
-def crossfit_agreement(outputs: TeacherOutputs, cost_name: str, temperature: float = 1.0, folds: int = 2,
-                       seed: int = 0) -> dict:
-    r""":func:`label_agreement` out of sample: the labeled images are split into ``folds`` stratified
-    folds, the cost is fitted on the other folds (its class prototypes, or the joint, come from the
-    labels) and each fold is judged by it; the hits of all folds go into one Wilson bound.
-
-    In sample, a cost fitted to a handful of labeled images also fits their noise (the class means of
-    random features classify their own images better than chance), so a useless teacher can earn a
-    weight it would not earn on new images; cross-fitting removes that optimism. Classes with fewer
-    images than folds, or too few images overall, fall back to the in-sample agreement.
-    """
-    k, n = outputs.num_target_classes, outputs.num_samples
-    counts = np.bincount(outputs.labels, minlength=k)
-    if n == 0 or k < 2 or counts.min() < folds:
-        return label_agreement(outputs, cost_matrix(outputs, cost_name), temperature)
-    rng = np.random.default_rng(seed)
-    fold = np.empty(n, dtype=np.int64)
-    for c in range(k):  # stratified: every class in every fold
-        members = rng.permutation(np.flatnonzero(outputs.labels == c))
-        fold[members] = np.arange(members.size) % folds
+    c = np.asarray(cost, dtype=np.float64)
     hits = 0
-    for f in range(folds):
-        fit = np.flatnonzero(fold != f)
-        fitted = TeacherOutputs.from_arrays(
-            np.asarray(outputs.logits[fit], dtype=np.float32), outputs.labels[fit], outputs.features[fit],
-            num_target_classes=k, head_weight=outputs.head_weight, temperature=outputs.temperature)
-        hits += _transported_hits(outputs, cost_matrix(fitted, cost_name), temperature, np.flatnonzero(fold == f))
-    return _agreement(hits, n, k, f"{folds}-fold cross-fitted")
+    for start in range(0, n, 4096):
+        rows = slice(start, min(start + 4096, n))
+        z = outputs.logit_rows(rows).astype(np.float64) / temperature
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        hits += int(((p @ c).argmin(axis=1) == outputs.labels[rows]).sum())
+    lower = wilson_lower(hits, n)
+    return {"accuracy": hits / n, "accuracy_lower": lower, "n": n,
+            "agreement": float(max(0.0, (lower - 1.0 / k) / (1.0 - 1.0 / k)))}
 
 
 def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str = "prototype",
@@ -156,7 +113,7 @@ def teacher_signal(spec: TeacherSpec, target: TargetSet, data: TrainData, loss_f
     loss_fn.prepare(context, device)
     weight = {"weighting": cfg.weighting, "base": loss_fn.weight, "agreement": None, "lambda": loss_fn.weight}
     if cfg.weighting == "adaptive":
-        agreement = crossfit_agreement(outputs, cfg.cost, cfg.temperature)
+        agreement = label_agreement(outputs, context.cost, cfg.temperature)
         loss_fn.weight = loss_fn.weight * agreement["agreement"]
         weight.update(agreement=agreement["agreement"], evidence=agreement, **{"lambda": loss_fn.weight})
     t_logits, t_feats = teacher_predictions(spec, data.pool, device=device)
