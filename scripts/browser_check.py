@@ -160,20 +160,26 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def run_runtime(args: argparse.Namespace) -> int:
-    """Start a run, reload and see it continue; restart the server and see the finished run and its student."""
-    from playwright.sync_api import sync_playwright
-
+def prepare(args: argparse.Namespace, stale: str, prefix: str) -> tuple[Path, Path, dict, int, str]:
+    """The screenshots folder (its ``stale`` pictures removed), a temporary folder, the server's
+    environment (a small demo in a fresh or given workspace), its port and base address."""
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("runtime_*.png"):
+    for old in out.glob(stale):
         old.unlink()
-    tmp = Path(tempfile.mkdtemp(prefix="scd-browser-runtime-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     workspace = Path(args.workspace).resolve() if args.workspace else tmp / "workspace"
     env = dict(os.environ, SCD_WORKSPACE=str(workspace), SCD_CACHE_DIR=str(workspace / "cache"),
                SCD_DEMO_SIZE="small", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     port = args.port or free_port()
-    base = f"http://127.0.0.1:{port}"
+    return out, tmp, env, port, f"http://127.0.0.1:{port}"
+
+
+def run_runtime(args: argparse.Namespace) -> int:
+    """Start a run, reload and see it continue; restart the server and see the finished run and its student."""
+    from playwright.sync_api import sync_playwright
+
+    out, tmp, env, port, base = prepare(args, "runtime_*.png", "scd-browser-runtime-")
     log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed in finally
     proc = start_server(port, env, log)
     checks: dict[str, bool] = {}
@@ -266,21 +272,9 @@ def run_runtime(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from playwright.sync_api import sync_playwright
 
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):
-        old.unlink()
-    tmp = Path(tempfile.mkdtemp(prefix="scd-browser-"))
-    workspace = Path(args.workspace).resolve() if args.workspace else tmp / "workspace"
-    env = dict(os.environ, SCD_WORKSPACE=str(workspace), SCD_CACHE_DIR=str(workspace / "cache"),
-               SCD_DEMO_SIZE="small", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    port = args.port or free_port()
-    base = f"http://127.0.0.1:{port}"
+    out, tmp, env, port, base = prepare(args, "[0-9]*.png", "scd-browser-")
     log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_server(port, env, log)
     good_zip, bad_zip = make_zips(tmp)
     try:
         wait_health(base, proc)
@@ -388,11 +382,7 @@ def run(args: argparse.Namespace) -> int:
                 d.steps[-1]["errors"].append("the Distill form was not restored after a reload (student)")
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.close()
         shutil.copy(tmp / "streamlit.log", out / "streamlit.log")
         if not args.keep:

@@ -272,14 +272,7 @@ def test_kd_is_refused_before_submit_with_the_engine_reason(tmp_path):
 def test_two_sessions_see_neither_uploads_nor_runs_of_the_other(tmp_path):
     folder = write_image_folder(tmp_path / "mine", {"x": 4, "y": 4}, size=16)
     alice = upload_target(clean(new_app().run()), "mine.zip", make_zip(folder, tmp_path / "mine.zip").read_bytes())
-    alice.switch_page("pages/distill.py")
-    clean(alice.run())
-    alice.multiselect(key="w_dist_methods").set_value(["ce"])
-    alice.selectbox(key="w_dist_student").set_value("test_resnet")
-    alice.number_input(key="w_dist_epochs").set_value(1)
-    alice.number_input(key="w_dist_seeds").set_value(1)
-    button(alice, "Start runs").click()
-    clean(alice.run())
+    start_ce_runs(1, alice)
 
     bob = clean(new_app().run())
     assert "Target set: demo world 'shapes'" in headers(bob)
@@ -311,10 +304,10 @@ def test_server_folder_only_when_the_operator_allows_it(tmp_path, monkeypatch):
     assert list(at.dataframe[0].value.index) == ["p", "q"]
 
 
-def start_ce_runs(epochs: int, **numbers: int) -> AppTest:
-    """A new session's Distill page after starting ``ce`` runs of a tiny student (one seed; ``numbers``:
-    other number inputs of the form by key suffix, e.g. ``batch=4``, ``folds=2``)."""
-    at = clean(new_app().run())
+def start_ce_runs(epochs: int, at: AppTest | None = None, **numbers: int) -> AppTest:
+    """The Distill page of ``at`` (default: a new session) after starting ``ce`` runs of a tiny student (one
+    seed; ``numbers``: other number inputs of the form by key suffix, e.g. ``batch=4``, ``folds=2``)."""
+    at = at or clean(new_app().run())
     at.switch_page("pages/distill.py")
     clean(at.run())
     at.multiselect(key="w_dist_methods").set_value(["ce"])
@@ -359,14 +352,7 @@ def test_a_reload_with_the_session_link_returns_to_the_uploads_and_runs(tmp_path
     at = upload_target(clean(new_app().run()), "mine.zip", make_zip(folder, tmp_path / "mine.zip").read_bytes())
     sid = at.session_state["scd_session"]
     assert at.query_params["s"] == [sid] or at.query_params["s"] == sid  # the id is in the URL
-    at.switch_page("pages/distill.py")
-    clean(at.run())
-    at.multiselect(key="w_dist_methods").set_value(["ce"])
-    at.selectbox(key="w_dist_student").set_value("test_resnet")
-    at.number_input(key="w_dist_epochs").set_value(1)
-    at.number_input(key="w_dist_seeds").set_value(1)
-    button(at, "Start runs").click()
-    clean(at.run())
+    start_ce_runs(1, at)
 
     # a reload: a new browser session (empty session state) opening the same link
     again = new_app()

@@ -24,7 +24,8 @@ KIND = "validate"
 
 
 def _latest(target_fp: str) -> JobSnapshot | None:
-    jobs = [j for j in ui.job_store().jobs(ui.session_id(), kind=KIND) if j.meta.get("target_fp") == target_fp]
+    jobs = [j for j in ui.job_store().jobs(ui.session_id(), kind=KIND, history=False)  # no per-epoch records
+            if j.meta.get("target_fp") == target_fp]
     return max(jobs, key=lambda j: j.created) if jobs else None
 
 

@@ -288,10 +288,11 @@ def _score_pipelined(target: TargetSet, specs: Sequence[TeacherSpec], names: Seq
 
     items = list(items)
     device = resolve_device(options["device"])
+    items_fp = target.items_fingerprint(items)
 
     def load(spec: TeacherSpec) -> Any:
         # a cached teacher needs no model; the pass finds its outputs without one
-        if options["use_cache"] and outputs_cached(spec, target, items, options["temperature"]):
+        if options["use_cache"] and outputs_cached(spec, items_fp, options["temperature"]):
             return None
         return load_teacher(spec, device)
 

@@ -157,10 +157,10 @@ def teacher_predictions(spec: TeacherSpec, items: Sequence[TargetItem], *, devic
     return logits_np, feats_np
 
 
-def outputs_cached(spec: TeacherSpec, target: TargetSet, items: Sequence[TargetItem], temperature: float = 1.0) -> bool:
-    """Whether :func:`teacher_outputs` would find this pass in the cache (an entry exists; not verified)."""
-    key = cache.output_key(spec.fingerprint, target.items_fingerprint(list(items)), eval_transform(spec)[1],
-                           temperature)
+def outputs_cached(spec: TeacherSpec, items_fingerprint: str, temperature: float = 1.0) -> bool:
+    """Whether :func:`teacher_outputs` would find this pass over the items with ``items_fingerprint``
+    (:meth:`TargetSet.items_fingerprint`) in the cache (an entry exists; not verified)."""
+    key = cache.output_key(spec.fingerprint, items_fingerprint, eval_transform(spec)[1], temperature)
     return (cache.entry_dir(key) / "meta.json").is_file()
 
 
