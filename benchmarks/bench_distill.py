@@ -3,7 +3,7 @@
 For each world, a student (the product's default: ``resnet10t``, default epochs and settings) is
 trained with ``ce`` (no teacher) and, from every teacher, with each method of ``--methods`` (``kd``
 only where the label spaces match) under each teacher weighting of ``--weightings`` (``fixed``
-lambda, or ``adaptive``: lambda times the teacher's label agreement on the labeled train images).
+lambda, or ``adaptive``: lambda times the teacher's cross-fitted label agreement on the labeled train images).
 The figure is the test accuracy (the ``test`` split never influences training or ranking), mean and
 standard deviation over seeds 0..S-1.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import worlds
-from common import RESULTS, machine_line
+from common import RESULTS, machine_line, paired_interval
 
 OPTIONS = argparse.Namespace(methods=("scd", "translate", "rkd", "kd"), weightings=("fixed", "adaptive"), reuse=None,
                              adaptive_methods=("scd",))
@@ -133,7 +133,8 @@ def markdown(results: list[dict], info: dict, share: dict) -> str:
     lines = ["# Distillation benchmark", "",
              "Test accuracy (%) of a `resnet10t` student trained from scratch, mean +- std over seeds; "
              "`kd` only where the teacher's label space equals the target's. `adaptive`: lambda times the "
-             "teacher's label agreement on the labeled train images (the lambda used is in the JSON).", "",
+             "teacher's cross-fitted label agreement on the labeled train images (the lambda used is listed "
+             "below each table).", "",
              machine_line(info) + " " + share["note"], ""]
     for r in results:
         cfg = r["config"]
@@ -152,9 +153,20 @@ def markdown(results: list[dict], info: dict, share: dict) -> str:
                       f"{c['scd_minus_ce_points']:+.1f} points ({'met' if c['scd_beats_ce_by_3'] else 'NOT met'}: "
                       f">= 3)."]
         if "worst_teacher_adaptive" in c:
+            worst = r["teachers"][c["worst_teacher_adaptive"]]["scd adaptive"]["accuracies"]
+            paired = ", ".join(f"{100 * (a - b):+.1f}" for a, b in zip(worst, r["ce"]["accuracies"]))
+            test_images = int(r["target"]["splits"].get("test", 0))
+            low, high = paired_interval(worst, r["ce"]["accuracies"])
             lines.append(f"Adaptive: worst teacher `{c['worst_teacher_adaptive']}` at "
-                         f"{c['worst_adaptive_minus_ce_points']:+.1f} points from ce (target >= -2); best "
-                         f"`{c['best_teacher_adaptive']}` at {c['best_adaptive_minus_ce_points']:+.1f}.")
+                         f"{c['worst_adaptive_minus_ce_points']:+.1f} points from ce (target >= -2; per seed "
+                         f"{paired}; paired 95% interval [{100 * low:+.1f}, {100 * high:+.1f}], "
+                         f"{test_images} test images); best `{c['best_teacher_adaptive']}` at "
+                         f"{c['best_adaptive_minus_ce_points']:+.1f}.")
+            used = {t: row["scd adaptive"].get("lambdas") for t, row in r["teachers"].items()
+                    if row.get("scd adaptive") and row["scd adaptive"].get("lambdas")}
+            if used:
+                lines.append("Adaptive lambda used (the same for every seed): " + ", ".join(
+                    f"`{t}` {lams[0]:.2f}" for t, lams in sorted(used.items(), key=lambda kv: -kv[1][0])) + ".")
         sources = sorted({s for row in r["teachers"].values() for cell in row.values() if cell
                           for s in cell.get("sources", [])})
         lines += [f"Sources of the cells: {', '.join(sources) or 'measured now'}"

@@ -148,3 +148,16 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str) + "\n")
     return path
+
+
+def paired_interval(a, b, confidence: float = 0.95) -> tuple[float, float]:
+    r"""Student-t interval of :math:`\overline{a_s - b_s}` over seeds paired by seed (same initialisation and
+    batches on both sides), :math:`\bar d \pm t_{n-1} s_d / \sqrt{n}`; a single pair gives a point."""
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.size < 2:
+        return float(d.mean()), float(d.mean())
+    half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * float(d.std(ddof=1)) / np.sqrt(d.size)
+    return float(d.mean() - half), float(d.mean() + half)

@@ -104,13 +104,43 @@ def test_kfold_targets_are_stratified_and_disjoint(tmp_path):
         kfold_targets(target, 9)
 
 
+def test_the_cross_fitted_agreement_gives_a_noise_teacher_no_weight_where_in_sample_would():
+    """Features of pure noise through a linear head: a cost fitted to the same few labeled images classifies
+    them better than chance (it fits their noise); judged on held-out halves the agreement is about 0. A
+    teacher whose outputs do carry the labels keeps its agreement out of sample."""
+    from scd_core.distill.signal import crossfit_agreement, label_agreement
+    from scd_core.ot.costs import cost_matrix
+    from scd_core.outputs.streaming import TeacherOutputs
+
+    labels = np.repeat(np.arange(4), 10)
+    in_sample, crossed, informed = [], [], []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        head = (rng.normal(size=(16, 512)) / np.sqrt(512)).astype(np.float32)
+        noise = rng.normal(size=(40, 512)).astype(np.float32)
+        outputs = TeacherOutputs.from_arrays(3 * noise @ head.T, labels, noise, num_target_classes=4,
+                                             head_weight=head)
+        in_sample.append(label_agreement(outputs, cost_matrix(outputs, "prototype"))["agreement"])
+        crossed.append(crossfit_agreement(outputs, "prototype", seed=seed)["agreement"])
+        signal = noise + 4 * head[labels * 4]  # teacher class 4c fires for target class c
+        outputs = TeacherOutputs.from_arrays(3 * signal @ head.T, labels, signal, num_target_classes=4,
+                                             head_weight=head)
+        informed.append(crossfit_agreement(outputs, "prototype", seed=seed)["agreement"])
+    assert np.mean(in_sample) > 0.05  # the optimism that cross-fitting removes
+    assert np.mean(crossed) < 0.02 and max(crossed) <= 0.05
+    assert min(informed) > 0.5
+    again = crossfit_agreement(outputs, "prototype", seed=9)
+    assert again == crossfit_agreement(outputs, "prototype", seed=9)  # deterministic
+    assert again["judged"] == "2-fold cross-fitted, 5 splits"
+
+
 def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_a_good_one(tmp_path):
     """A good teacher: a real timm student trained with ``ce`` on the colour classes, then used as a teacher;
     an untrained one: the same architecture at random initialisation."""
     from helpers import make_teacher, write_image_folder
 
     from scd_core.data.targets import load_target
-    from scd_core.distill.signal import label_agreement, teacher_context, train_outputs
+    from scd_core.distill.signal import crossfit_agreement, train_outputs
     from scd_core.distill.trainer import DistillConfig, distill
     from scd_core.teachers.repository import spec_from_folder
 
@@ -123,9 +153,7 @@ def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_
                 "untrained": spec_from_folder(make_teacher(tmp_path / "untrained", 3, img_size=16, seed=3))}
     agreement = {}
     for name, spec in teachers.items():
-        outputs = train_outputs(spec, target, "cpu")
-        context = teacher_context(spec, target, "cpu", outputs=outputs)
-        agreement[name] = label_agreement(outputs, context.cost, temperature=4.0)
+        agreement[name] = crossfit_agreement(train_outputs(spec, target, "cpu"), "prototype", temperature=4.0)
     assert agreement["untrained"]["agreement"] <= 0.1, agreement
     assert agreement["good"]["agreement"] >= 0.6, agreement
     assert agreement["good"]["accuracy"] > agreement["good"]["accuracy_lower"] > 1 / 3
