@@ -273,8 +273,12 @@ def _comparison(jobs: list[JobSnapshot]) -> None:
         "Δ val vs ce [95% interval]": (f"{g.vs_ce.value:+.1%} [{g.vs_ce.low:+.1%}, {g.vs_ce.high:+.1%}]"
                                        if g.vs_ce else ("baseline" if g.method == "ce" else "no ce run yet")),
         "verdict": g.vs_ce.label if g.vs_ce else "",
+        "teacher λ": ", ".join(f"{lam:.2f}" for lam in g.lambdas) if g.teacher else "—",
     } for g in comparison.groups]
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+    for g in comparison.groups:
+        if g.weight_note:
+            st.caption(f"**{g.name}**: {g.weight_note}")
     if comparison.test_note:
         st.caption(comparison.test_note)
     base = comparison.baseline

@@ -18,6 +18,7 @@ from scd_core.distill.compare import (
     matching_baseline,
     record_from_job,
     run_label,
+    weight_note,
 )
 
 SETTING = ("fp", "resnet10t", 15, None)  # target, student, epochs, k-fold (None: plain seeds)
@@ -85,6 +86,27 @@ def test_runs_get_distinct_labels_and_match_their_baseline():
     rec = record_from_job(job)
     assert rec.status == "cancelled" and rec.seed == 2 and rec.weighting == "adaptive" and rec.setting == SETTING
     assert rec.test_acc is None and compare([rec]).groups == []
+
+
+def test_the_comparison_says_which_lambda_an_adaptive_run_used_and_why():
+    evidence = {"accuracy": 0.30, "n": 48, "chance": 1 / 6, "judged": "2-fold cross-fitted, 5 splits"}
+    weak = {"weighting": "adaptive", "base": 1.0, "lambda": 0.05, "agreement": 0.05, "evidence": evidence}
+    useless = {**weak, "lambda": 0.0, "agreement": 0.0, "evidence": {**evidence, "accuracy": 0.18}}
+
+    def job(i, teacher, weight, method="scd"):
+        return {"id": f"j{i}", "status": "finished", "started": float(i),
+                "meta": {"method": method, "teacher": teacher, "seed": i, "n_val": 30, "target_fp": "fp",
+                         "student": "resnet10t", "epochs": 15, "weighting": "adaptive"},
+                "result": {"val_acc": 0.5, "teacher_weight": weight}}
+
+    records = [record_from_job(j) for j in (job(0, "weak", weak), job(1, "weak", weak), job(2, "useless", useless),
+                                            job(3, None, {}, method="ce"))]
+    groups = {g.teacher: g for g in compare(records).groups}
+    assert groups["weak"].lambdas == [0.05] and groups["useless"].lambdas == [0.0] and groups[None].lambdas == []
+    assert groups["weak"].weight_note.startswith("λ 0.05 = 1 × agreement 0.05: ")
+    assert "30% of 48 labeled train images" in groups["weak"].weight_note and "chance 17%" in groups["weak"].weight_note
+    assert "trained as ce" in groups["useless"].weight_note and groups[None].weight_note is None
+    assert weight_note({"weighting": "fixed", "base": 1.0, "lambda": 1.0}) is None
 
 
 def test_kfold_targets_are_stratified_and_disjoint(tmp_path):

@@ -54,6 +54,7 @@ class RunRecord:
     started: float = 0.0  # epoch seconds
     setting: tuple = ()  # what must match for runs to be compared (target, student, epochs, ...)
     fold: int | None = None  # k-fold index when the run is one fold of a cross-validated comparison
+    teacher_weight: dict = field(default_factory=dict)  # the lambda the run used and how it was set
 
 
 def run_name(method: str, teacher: str | None, weighting: str = "fixed") -> str:
@@ -82,7 +83,26 @@ def record_from_job(job: Mapping) -> RunRecord:
         n_val=int(meta.get("n_val") or 0), weighting=str(meta.get("weighting") or config.get("weighting") or "fixed"),
         started=float(job.get("started") or job.get("created") or 0.0),
         setting=tuple(meta.get(k) for k in ("target_fp", "student", "epochs", "folds")), fold=meta.get("fold"),
+        teacher_weight=dict(result.get("teacher_weight") or {}),
     )
+
+
+def weight_note(teacher_weight: dict) -> str | None:
+    """One sentence on how an adaptive run's lambda was set, from the ``teacher_weight`` a run records
+    (see :mod:`scd_core.distill.signal`); None for a fixed weight or a run without a teacher."""
+    if not teacher_weight or teacher_weight.get("weighting") != "adaptive":
+        return None
+    evidence = teacher_weight.get("evidence") or {}
+    lam, base = float(teacher_weight.get("lambda") or 0.0), float(teacher_weight.get("base") or 0.0)
+    accuracy, n, chance = evidence.get("accuracy"), evidence.get("n"), evidence.get("chance")
+    if accuracy is None or accuracy != accuracy or not n:
+        return f"λ {lam:.2f}: no labeled image to judge the teacher by, so it gets no weight."
+    seen = (f"its transported predictions matched {accuracy:.0%} of {n} labeled train images "
+            f"({evidence.get('judged', 'in sample')}" + (f"; chance {chance:.0%})" if chance else ")"))
+    if lam == 0.0:
+        return f"λ 0: {seen}, not beyond chance with 95% confidence, so the run trained as ce."
+    return (f"λ {lam:.2f} = {base:g} × agreement {lam / base if base else 0.0:.2f}: {seen}; the agreement is "
+            "how far the 95% lower bound of that share lies above chance, scaled to [0, 1].")
 
 
 def matching_baseline(run: RunRecord, runs: Sequence[RunRecord]) -> RunRecord | None:
@@ -118,6 +138,8 @@ class GroupSummary:
     test_mean: float | None
     test_std: float | None
     runs: list[str] = field(default_factory=list)  # run labels
+    lambdas: list[float] = field(default_factory=list)  # teacher weight used, one per distinct value
+    weight_note: str | None = None  # how an adaptive lambda was set (one run's; folds may differ)
     vs_ce: Difference | None = None
     best: bool = False
 
@@ -192,6 +214,9 @@ def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: 
             n=len(members), val_mean=float(val.mean()), val_std=_std(val),
             test_mean=float(test.mean()) if test.size else None, test_std=_std(test),
             runs=[run_label(r) for r in sorted(members, key=lambda r: r.started)],
+            lambdas=sorted({float(r.teacher_weight["lambda"]) for r in members
+                            if r.teacher_weight.get("lambda") is not None}),
+            weight_note=next((note for r in members if (note := weight_note(r.teacher_weight))), None),
         ))
     ce = next((g for g in summaries if g.method == "ce"), None)
     if ce is not None:

@@ -84,7 +84,7 @@ def _transported_hits(outputs: TeacherOutputs, cost: np.ndarray, temperature: fl
 
 def _agreement(hits: float, n: int, k: int, judged: str) -> dict:
     lower = wilson_lower(hits, n)
-    return {"accuracy": hits / n, "accuracy_lower": lower, "n": n, "judged": judged,
+    return {"accuracy": hits / n, "accuracy_lower": lower, "n": n, "chance": 1.0 / k, "judged": judged,
             "agreement": float(max(0.0, (lower - 1.0 / k) / (1.0 - 1.0 / k)))}
 
 
@@ -97,7 +97,8 @@ def label_agreement(outputs: TeacherOutputs, cost: np.ndarray, temperature: floa
     """
     k, n = outputs.num_target_classes, outputs.num_samples
     if n == 0 or k < 2:
-        return {"accuracy": float("nan"), "accuracy_lower": 0.0, "n": n, "judged": "in sample", "agreement": 0.0}
+        return {"accuracy": float("nan"), "accuracy_lower": 0.0, "n": n, "chance": 1.0 / max(k, 1),
+                "judged": "in sample", "agreement": 0.0}
     return _agreement(_transported_hits(outputs, cost, temperature), n, k, "in sample")
 
 
