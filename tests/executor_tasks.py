@@ -38,3 +38,12 @@ def main_module_file() -> str | None:
 
     main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
     return getattr(main, "__file__", None)
+
+
+def report_pid_and_sleep(path: str) -> int:
+    """Write the worker's pid to ``path``, then sleep far longer than any test waits."""
+    import time
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+    return 0

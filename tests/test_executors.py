@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from scd_core.errors import ScdError
@@ -57,3 +64,42 @@ def test_a_page_running_as_main_is_not_executed_by_new_workers(tmp_path, monkeyp
         assert ex.submit(executor_tasks.main_module_file).result(timeout=120) != str(page)
     assert not marker.exists()
     assert sys.modules["__main__"] is fake  # restored for the page's own thread
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an exited one left unreaped, a zombie, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_workers_leave_when_their_parent_is_killed(tmp_path):
+    """A parent killed without shutting its pool down (SIGKILL, an OOM kill) must not leave workers
+    training on: each worker watches its parent and exits once it is gone."""
+    pid_file = tmp_path / "worker.pid"
+    parent_code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from scd_core.runtime.executors import LocalExecutor\n"
+        "from tests import executor_tasks\n"
+        "ex = LocalExecutor(workers=1)\n"
+        f"ex.submit(executor_tasks.report_pid_and_sleep, {str(pid_file)!r})\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        assert _running(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 15
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _running(worker):  # do not leave it behind either way
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent by 15 s")

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -137,8 +138,20 @@ class Executor(ABC):
         self.shutdown()
 
 
+PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Leave as soon as the process that started this worker is gone (it was killed, not shut down)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
 def _init_worker(torch_threads: int) -> None:
-    """Worker start-up: pin torch's intra-op threads so several workers do not oversubscribe the cores."""
+    """Worker start-up: pin torch's intra-op threads so several workers do not oversubscribe the cores,
+    and watch the parent: a pool whose parent was killed would otherwise train its queued tasks on."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="scd-parent-watch").start()
     os.environ["OMP_NUM_THREADS"] = str(torch_threads)
     import torch
 
