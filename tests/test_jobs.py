@@ -346,7 +346,8 @@ def test_a_job_of_a_killed_server_is_interrupted_on_the_next_start_and_restarts(
     try:
         restarted.recover()
         job = store.get(job_id)
-        assert job.status is JobStatus.INTERRUPTED and "server" in job.error
+        # recorded by the worker itself, before it left (recover() words it "the server or its worker ...")
+        assert job.status is JobStatus.INTERRUPTED and job.error.startswith("the server stopped while this job ran")
         assert len(job.history) >= 1 and job.restartable
         assert not staging_dir(run_dir).exists()
         again = store.restart("s1", job_id)
@@ -356,6 +357,19 @@ def test_a_job_of_a_killed_server_is_interrupted_on_the_next_start_and_restarts(
         assert done.status is JobStatus.FINISHED and (run_dir / "student" / "model.safetensors").is_file()
     finally:
         restarted.shutdown()
+
+
+def test_a_worker_whose_server_died_leaves_a_queued_job_queued(store, target_folder, tmp_path, monkeypatch):
+    """A task that reaches a worker after its server was killed (the pool had queued it) must not start:
+    the job stays queued, untouched, for the next server to run."""
+    from scd_core.runtime import executors
+    from scd_core.runtime.worker import run_job
+
+    job_id, run_dir = distill_run(store, target_folder, tmp_path, epochs=1)
+    monkeypatch.setattr(executors, "_spawn_parent", os.getppid() + 1_000_000)  # not our parent: it "died"
+    assert run_job(str(store.path), job_id) == "orphaned"
+    job = store.get(job_id)
+    assert job.status is JobStatus.QUEUED and job.worker_pid is None and not run_dir.exists()
 
 
 def _alive(pid: int) -> bool:

@@ -138,20 +138,48 @@ class Executor(ABC):
         self.shutdown()
 
 
-PARENT_POLL_S = 1.0
+PARENT_POLL_S = 0.5
+ORPHAN_GRACE_S = 300.0  # how long a task that stops itself may take to record its interruption
+
+_spawn_parent: int | None = None  # in a LocalExecutor worker: the pid of the process that started it
+_stopping_itself = threading.Event()
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Leave as soon as the process that started this worker is gone (it was killed, not shut down)."""
-    while os.getppid() == parent:
+def parent_gone() -> bool:
+    """In a worker of :class:`LocalExecutor`: whether the process that started it has died (it was
+    killed, not shut down). False in any other process."""
+    return _spawn_parent is not None and os.getppid() != _spawn_parent
+
+
+@contextlib.contextmanager
+def stops_itself_when_orphaned() -> Iterator[None]:
+    """Around a task that notices a dead parent itself and records its own interruption (a job of the
+    app's runtime): the worker then waits for it, up to :data:`ORPHAN_GRACE_S`, before it exits."""
+    _stopping_itself.set()
+    try:
+        yield
+    finally:
+        _stopping_itself.clear()
+
+
+def _exit_with_parent() -> None:
+    """Leave once the parent is gone: a pool whose parent was killed would otherwise run its queued tasks
+    on, with no one to collect them (a task inside :func:`stops_itself_when_orphaned` finishes first)."""
+    while not parent_gone():
+        time.sleep(PARENT_POLL_S)
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while _stopping_itself.is_set() and time.monotonic() < deadline:
         time.sleep(PARENT_POLL_S)
     os._exit(1)
 
 
-def _init_worker(torch_threads: int) -> None:
+def _init_worker(torch_threads: int, parent: int) -> None:
     """Worker start-up: pin torch's intra-op threads so several workers do not oversubscribe the cores,
-    and watch the parent: a pool whose parent was killed would otherwise train its queued tasks on."""
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="scd-parent-watch").start()
+    and watch ``parent`` (its pid is passed in: read here, a parent that died during start-up would be
+    missed)."""
+    global _spawn_parent
+    _spawn_parent = parent
+    threading.Thread(target=_exit_with_parent, daemon=True, name="scd-parent-watch").start()
     os.environ["OMP_NUM_THREADS"] = str(torch_threads)
     import torch
 
@@ -205,7 +233,7 @@ class LocalExecutor(Executor):
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.torch_threads,))
+                initializer=_init_worker, initargs=(self.torch_threads, os.getpid()))
         return self._pool
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, resources: Resources | None = None,

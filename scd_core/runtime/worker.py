@@ -5,8 +5,9 @@ with plain arguments, so any backend can run it). It loads the job's parameters 
 the job kind's runner and writes progress, per-epoch history and the outcome to the store itself; the
 app only reads the store. A watcher thread polls the job's cancel flag every 0.1 s and sets the
 ``threading.Event`` the trainer checks at every optimizer step, and it notices when the server that
-started this worker has gone (the parent process changed), so an orphaned run stops and is recorded
-as interrupted.
+started this worker has gone (:func:`~scd_core.runtime.executors.parent_gone`), so an orphaned run
+stops and is recorded as interrupted; the worker's parent watch lets it finish that before the
+process exits.
 
 A distillation run writes into a hidden staging folder next to its final folder and is published by
 one ``rename`` after ``run.json`` was written, so a killed worker never leaves a half-written student
@@ -31,6 +32,7 @@ from typing import Any
 
 from scd_core.errors import ScdError
 from scd_core.progress import ProgressEvent
+from scd_core.runtime.executors import parent_gone, stops_itself_when_orphaned
 from scd_core.runtime.store import JobSnapshot, JobStatus, JobStore
 
 LOGGER = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class _Watcher(threading.Thread):
         last_beat = 0.0
         while not self.done.wait(POLL_S):
             try:
-                if os.getppid() != self.parent:
+                if parent_gone() or os.getppid() != self.parent:
                     self.orphaned = True
                     ORPHANED.set()
                     self.cancel.set()
@@ -124,43 +126,21 @@ def register_runner(kind: str, runner: Runner) -> None:
     RUNNERS[kind] = runner
 
 
-_BUSY = threading.Event()
 ORPHANED = threading.Event()
 """Set in a worker whose server has gone: runners then publish nothing (the job is interrupted)."""
-_WATCHDOG: list[threading.Thread] = []
-
-
-def _ensure_watchdog() -> None:
-    """In a worker process: exit once the server that started it is gone and no job is running.
-
-    A pool worker otherwise waits for its next task forever after its server was killed; a running
-    job is left to finish recording itself as interrupted first (its watcher stops it).
-    """
-    import multiprocessing
-
-    if _WATCHDOG or multiprocessing.parent_process() is None:
-        return
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent and not _BUSY.is_set():
-                os._exit(0)
-
-    thread = threading.Thread(target=watch, name="scd-orphan-watchdog", daemon=True)
-    thread.start()
-    _WATCHDOG.append(thread)
 
 
 def run_job(store_file: str, job_id: str, device_index: int | None = None) -> str:
-    """Run job ``job_id`` of the store at ``store_file`` in this process; returns its final status."""
-    _ensure_watchdog()
-    _BUSY.set()
-    try:
+    """Run job ``job_id`` of the store at ``store_file`` in this process; returns its final status.
+
+    The worker's parent watch (:mod:`scd_core.runtime.executors`) waits while this runs: an orphaned
+    job stops and records itself as interrupted, then the worker leaves. A job taken from the queue
+    after the server died is not started: it stays queued for the next server.
+    """
+    with stops_itself_when_orphaned():
+        if parent_gone():
+            return "orphaned"
         return _run_job(store_file, job_id, device_index)
-    finally:
-        _BUSY.clear()
 
 
 def _run_job(store_file: str, job_id: str, device_index: int | None) -> str:
@@ -205,7 +185,6 @@ def warm_up() -> int:
 
     import scd_core.distill.trainer  # noqa: F401
 
-    _ensure_watchdog()
     return os.getpid()
 
 
