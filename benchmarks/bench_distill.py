@@ -162,11 +162,13 @@ def markdown(results: list[dict], info: dict, share: dict) -> str:
                          f"{paired}; paired 95% interval [{100 * low:+.1f}, {100 * high:+.1f}], "
                          f"{test_images} test images); best `{c['best_teacher_adaptive']}` at "
                          f"{c['best_adaptive_minus_ce_points']:+.1f}.")
-            used = {t: row["scd adaptive"].get("lambdas") for t, row in r["teachers"].items()
-                    if row.get("scd adaptive") and row["scd adaptive"].get("lambdas")}
+            used = {t: [lam for lam in row["scd adaptive"].get("lambdas") or [] if lam is not None]
+                    for t, row in r["teachers"].items() if row.get("scd adaptive")}
+            used = {t: (min(lams), max(lams)) for t, lams in used.items() if lams}
             if used:
-                lines.append("Adaptive lambda used (the same for every seed): " + ", ".join(
-                    f"`{t}` {lams[0]:.2f}" for t, lams in sorted(used.items(), key=lambda kv: -kv[1][0])) + ".")
+                lines.append("Adaptive lambda used (over the seeds): " + ", ".join(
+                    f"`{t}` {low:.2f}" + (f"-{high:.2f}" if f"{high:.2f}" != f"{low:.2f}" else "")
+                    for t, (low, high) in sorted(used.items(), key=lambda kv: -kv[1][0])) + ".")
         sources = sorted({s for row in r["teachers"].values() for cell in row.values() if cell
                           for s in cell.get("sources", [])})
         lines += [f"Sources of the cells: {', '.join(sources) or 'measured now'}"

@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -150,13 +151,15 @@ def save(name: str, payload: dict) -> Path:
     return path
 
 
-def paired_interval(a, b, confidence: float = 0.95) -> tuple[float, float]:
-    r"""Student-t interval of :math:`\overline{a_s - b_s}` over seeds paired by seed (same initialisation and
-    batches on both sides), :math:`\bar d \pm t_{n-1} s_d / \sqrt{n}`; a single pair gives a point."""
+def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    r"""Student-t interval of :math:`\overline{a_s - b_s}` over runs paired by seed (the same seed gives
+    both the same initialisation), :math:`\bar d \pm t_{n-1} s_d / \sqrt{n}`; a single pair gives a point."""
     import numpy as np
     from scipy import stats
 
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.size == 0:
+        raise ValueError("paired_interval needs at least one pair")
     if d.size < 2:
         return float(d.mean()), float(d.mean())
     half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * float(d.std(ddof=1)) / np.sqrt(d.size)

@@ -19,6 +19,7 @@ from scd_core.distill.compare import (
     estimate_run_seconds,
     job_record,
     kfold_targets,
+    lambda_cell,
     run_name,
 )
 from scd_core.distill.config import WEIGHTINGS
@@ -273,7 +274,7 @@ def _comparison(jobs: list[JobSnapshot]) -> None:
         "Δ val vs ce [95% interval]": (f"{g.vs_ce.value:+.1%} [{g.vs_ce.low:+.1%}, {g.vs_ce.high:+.1%}]"
                                        if g.vs_ce else ("baseline" if g.method == "ce" else "no ce run yet")),
         "verdict": g.vs_ce.label if g.vs_ce else "",
-        "teacher λ": ", ".join(f"{lam:.2f}" for lam in g.lambdas) if g.teacher else "—",
+        "teacher λ": lambda_cell(g.lambdas) if g.teacher else "—",
     } for g in comparison.groups]
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
     for g in comparison.groups:

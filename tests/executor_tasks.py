@@ -44,6 +44,8 @@ def report_pid_and_sleep(path: str) -> int:
     """Write the worker's pid to ``path``, then sleep far longer than any test waits."""
     import time
 
-    Path(path).write_text(str(os.getpid()))
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)  # atomically: the test never reads a half-written pid
     time.sleep(120)
     return 0

@@ -15,6 +15,7 @@ from scd_core.distill.compare import (
     compare,
     difference,
     kfold_targets,
+    lambda_cell,
     matching_baseline,
     record_from_job,
     run_label,
@@ -107,6 +108,17 @@ def test_the_comparison_says_which_lambda_an_adaptive_run_used_and_why():
     assert "30% of 48 labeled train images" in groups["weak"].weight_note and "chance 17%" in groups["weak"].weight_note
     assert "trained as ce" in groups["useless"].weight_note and groups[None].weight_note is None
     assert weight_note({"weighting": "fixed", "base": 1.0, "lambda": 1.0}) is None
+    # a weight the user set to 0 is not blamed on the teacher; a tiny one is not shown as 0
+    assert weight_note({**weak, "base": 0.0, "lambda": 0.0}).startswith("λ 0: the teacher weight was set to 0")
+    assert weight_note({**weak, "lambda": 0.003}).startswith("λ <0.01 = 1 × agreement <0.01")
+    assert lambda_cell([0.003]) == "<0.01" and lambda_cell([0.0]) == "0" and lambda_cell([]) == "not recorded"
+    assert "did not record" in weight_note({"weighting": "adaptive", "base": 1.0, "lambda": 0.4})
+    # k-fold runs each measure their own weight: a range, and whose note is shown
+    folds = [record_from_job(job(i, "weak", {**weak, "lambda": lam})) for i, lam in enumerate((0.03, 0.06))]
+    folds = [replace(r, fold=i) for i, r in enumerate(folds)]
+    (group,) = compare(folds).groups
+    assert lambda_cell(group.lambdas) == "0.03–0.06"
+    assert group.weight_note.startswith("λ 0.03–0.06 over 2 folds") and "fold 1: λ 0.03" in group.weight_note
 
 
 def test_kfold_targets_are_stratified_and_disjoint(tmp_path):
@@ -135,7 +147,8 @@ def test_the_cross_fitted_agreement_gives_a_noise_teacher_no_weight_where_in_sam
     from scd_core.outputs.streaming import TeacherOutputs
 
     labels = np.repeat(np.arange(4), 10)
-    in_sample, crossed, informed = [], [], []
+    one_shot = np.repeat(np.arange(4), [13, 13, 13, 1])  # a class with a single labeled image
+    in_sample, crossed, crossed_one_shot, informed = [], [], [], []
     for seed in range(10):
         rng = np.random.default_rng(seed)
         head = (rng.normal(size=(16, 512)) / np.sqrt(512)).astype(np.float32)
@@ -144,12 +157,17 @@ def test_the_cross_fitted_agreement_gives_a_noise_teacher_no_weight_where_in_sam
                                              head_weight=head)
         in_sample.append(label_agreement(outputs, cost_matrix(outputs, "prototype"))["agreement"])
         crossed.append(crossfit_agreement(outputs, "prototype", seed=seed)["agreement"])
+        rare = TeacherOutputs.from_arrays(3 * noise @ head.T, one_shot, noise, num_target_classes=4, head_weight=head)
+        judged = crossfit_agreement(rare, "prototype", seed=seed)
+        assert judged["judged"].endswith("cross-fitted, 5 splits")  # no fall-back to in sample
+        crossed_one_shot.append(judged["agreement"])
         signal = noise + 4 * head[labels * 4]  # teacher class 4c fires for target class c
         outputs = TeacherOutputs.from_arrays(3 * signal @ head.T, labels, signal, num_target_classes=4,
                                              head_weight=head)
         informed.append(crossfit_agreement(outputs, "prototype", seed=seed)["agreement"])
     assert np.mean(in_sample) > 0.05  # the optimism that cross-fitting removes
     assert np.mean(crossed) < 0.02 and max(crossed) <= 0.05
+    assert np.mean(crossed_one_shot) < 0.02 and max(crossed_one_shot) <= 0.05
     assert min(informed) > 0.5
     again = crossfit_agreement(outputs, "prototype", seed=9)
     assert again == crossfit_agreement(outputs, "prototype", seed=9)  # deterministic

@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import bench_distill
 import common
@@ -25,7 +26,7 @@ import scd_core.distill.signal as signal
 _agreement = signal.crossfit_agreement
 
 
-def squared_agreement(*args, **kwargs) -> dict:
+def squared_agreement(*args: Any, **kwargs: Any) -> dict:
     out = dict(_agreement(*args, **kwargs))
     out["agreement"] = out["agreement"] ** 2
     return out

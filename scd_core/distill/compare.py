@@ -87,6 +87,20 @@ def record_from_job(job: Mapping) -> RunRecord:
     )
 
 
+def format_lambda(value: float) -> str:
+    """A teacher weight for a table: ``0`` only when it is exactly 0 (the run trained as ``ce``)."""
+    return "0" if value == 0.0 else ("<0.01" if abs(value) < 0.005 else f"{value:.2f}")
+
+
+def lambda_cell(lambdas: Sequence[float]) -> str:
+    """The teacher weights of a group's runs: one value, or the range over its folds."""
+    if not lambdas:
+        return "not recorded"
+    low, high = min(lambdas), max(lambdas)
+    return format_lambda(low) if format_lambda(low) == format_lambda(high) else (
+        f"{format_lambda(low)}–{format_lambda(high)}")
+
+
 def weight_note(teacher_weight: dict) -> str | None:
     """One sentence on how an adaptive run's lambda was set, from the ``teacher_weight`` a run records
     (see :mod:`scd_core.distill.signal`); None for a fixed weight or a run without a teacher."""
@@ -94,15 +108,18 @@ def weight_note(teacher_weight: dict) -> str | None:
         return None
     evidence = teacher_weight.get("evidence") or {}
     lam, base = float(teacher_weight.get("lambda") or 0.0), float(teacher_weight.get("base") or 0.0)
+    if base == 0.0:
+        return "λ 0: the teacher weight was set to 0, so the run trained as ce."
     accuracy, n, chance = evidence.get("accuracy"), evidence.get("n"), evidence.get("chance")
-    if accuracy is None or accuracy != accuracy or not n:
-        return f"λ {lam:.2f}: no labeled image to judge the teacher by, so it gets no weight."
+    if not n:
+        return (f"λ {format_lambda(lam)}: set adaptively; the run did not record its evidence." if evidence == {}
+                else "λ 0: there was no labeled train image to judge the teacher by, so the run trained as ce.")
     seen = (f"its transported predictions matched {accuracy:.0%} of {n} labeled train images "
             f"({evidence.get('judged', 'in sample')}" + (f"; chance {chance:.0%})" if chance else ")"))
     if lam == 0.0:
         return f"λ 0: {seen}, not beyond chance with 95% confidence, so the run trained as ce."
-    return (f"λ {lam:.2f} = {base:g} × agreement {lam / base if base else 0.0:.2f}: {seen}; the agreement is "
-            "how far the 95% lower bound of that share lies above chance, scaled to [0, 1].")
+    return (f"λ {format_lambda(lam)} = {base:g} × agreement {format_lambda(lam / base)}: {seen}; the agreement "
+            "is how far the 95% lower bound of that share lies above chance, scaled to [0, 1].")
 
 
 def matching_baseline(run: RunRecord, runs: Sequence[RunRecord]) -> RunRecord | None:
@@ -191,6 +208,21 @@ def difference(a: Sequence[float], b: Sequence[float], n_val: int, confidence: f
     return Difference(diff, low, high, source, within, label)
 
 
+def _group_weight_note(members: Sequence[RunRecord]) -> str | None:
+    """The weight note of a group: its runs share one lambda over seeds; k-fold runs each fit their own."""
+    notes = {r.fold: note for r in sorted(members, key=lambda r: (r.fold is None, r.fold or 0))
+             if (note := weight_note(r.teacher_weight))}
+    if not notes:
+        return None
+    first_fold, first = next(iter(notes.items()))
+    if len(set(notes.values())) == 1:
+        return first
+    lambdas = [float(r.teacher_weight.get("lambda") or 0.0) for r in members if r.teacher_weight]
+    where = f"fold {first_fold + 1}" if first_fold is not None else "one run"
+    return (f"λ {lambda_cell(lambdas)} over {len(notes)} folds, each measured on its own train part; "
+            f"{where}: {first}")
+
+
 def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: float = 0.95,
             has_test: bool | None = None) -> Comparison:
     """Group the finished runs, summarise them over seeds and compare each group with ``ce``.
@@ -216,7 +248,7 @@ def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: 
             runs=[run_label(r) for r in sorted(members, key=lambda r: r.started)],
             lambdas=sorted({float(r.teacher_weight["lambda"]) for r in members
                             if r.teacher_weight.get("lambda") is not None}),
-            weight_note=next((note for r in members if (note := weight_note(r.teacher_weight))), None),
+            weight_note=_group_weight_note(members),
         ))
     ce = next((g for g in summaries if g.method == "ce"), None)
     if ce is not None:
