@@ -173,13 +173,14 @@ def _exit_with_parent() -> None:
     os._exit(1)
 
 
-def _init_worker(torch_threads: int, parent: int) -> None:
+def _init_worker(torch_threads: int, parent: int | None = None) -> None:
     """Worker start-up: pin torch's intra-op threads so several workers do not oversubscribe the cores,
-    and watch ``parent`` (its pid is passed in: read here, a parent that died during start-up would be
-    missed)."""
+    and, for a process-pool worker, watch ``parent`` (its pid is passed in: read here, a parent that died
+    during start-up would be missed). A Ray worker (``parent`` None) lives as long as its cluster says."""
     global _spawn_parent
-    _spawn_parent = parent
-    threading.Thread(target=_exit_with_parent, daemon=True, name="scd-parent-watch").start()
+    if parent is not None and _spawn_parent is None:
+        _spawn_parent = parent
+        threading.Thread(target=_exit_with_parent, daemon=True, name="scd-parent-watch").start()
     os.environ["OMP_NUM_THREADS"] = str(torch_threads)
     import torch
 
