@@ -93,10 +93,7 @@ def test_demo_flow_end_to_end():
     assert len(teachers) == 7 and {"near_identical", "superset", "untrained"} <= set(teachers.index)
     assert set(teachers.columns) >= {"architecture", "classes", "description"}
 
-    at.switch_page("pages/ranking.py")
-    clean(at.run())
-    button(at, "Rank teachers").click()
-    clean(at.run())
+    ranked(at)
     assert not errors(at)
     assert any("Best teacher by **scd**" in s.value for s in at.success)
     ranking = at.dataframe[0].value
@@ -179,10 +176,7 @@ def test_upload_of_a_real_zip_of_png_files(tmp_path):
     assert "100,000 files" in limits and "2 GiB uncompressed" in limits and "64 megapixels" in limits
     assert ".png" in limits and ".tiff" in limits
     assert list(at.dataframe[0].value.index) == ["daisy", "rose", "tulip"]
-    at.switch_page("pages/ranking.py")
-    clean(at.run())
-    button(at, "Rank teachers").click()
-    clean(at.run())
+    ranked(at)
     assert not errors(at) and len(at.dataframe[0].value) == 7
 
 
@@ -308,6 +302,14 @@ def test_server_folder_only_when_the_operator_allows_it(tmp_path, monkeypatch):
     assert list(at.dataframe[0].value.index) == ["p", "q"]
 
 
+def ranked(at: AppTest) -> AppTest:
+    """Open the Ranking page and rank the teachers with its defaults."""
+    at.switch_page("pages/ranking.py")
+    clean(at.run())
+    button(at, "Rank teachers").click()
+    return clean(at.run())
+
+
 def start_ce_runs(epochs: int, at: AppTest | None = None, **numbers: int) -> AppTest:
     """The Distill page of ``at`` (default: a new session) after starting ``ce`` runs of a tiny student (one
     seed; ``numbers``: other number inputs of the form by key suffix, e.g. ``batch=4``, ``folds=2``)."""
@@ -401,10 +403,7 @@ def test_a_large_ranking_runs_in_worker_processes_with_the_same_scores(monkeypat
     monkeypatch.setenv("SCD_RANK_IN_WORKERS_ABOVE", "0")  # every ranking counts as large
     cluster._local_executor.clear()
     at = clean(new_app().run())
-    at.switch_page("pages/ranking.py")
-    clean(at.run())
-    button(at, "Rank teachers").click()
-    clean(at.run())
+    ranked(at)
     assert not errors(at)
     assert started and started[0][0] == "local" and started[0][1]["import_main"] is False
     shown = at.dataframe[0].value
@@ -417,10 +416,7 @@ def test_a_large_ranking_runs_in_worker_processes_with_the_same_scores(monkeypat
 def test_check_the_ranking_runs_in_the_background_and_shows_the_scatter():
     """Ranking page: "Check the ranking" queues a validate job; the finished report shows score vs accuracy."""
     at = clean(new_app().run())
-    at.switch_page("pages/ranking.py")
-    clean(at.run())
-    button(at, "Rank teachers").click()
-    clean(at.run())
+    ranked(at)
     at.number_input(key="w_validate_top").set_value(2)
     at.number_input(key="w_validate_seeds").set_value(1)
     at.number_input(key="w_validate_epochs").set_value(1)
@@ -494,10 +490,7 @@ def _follow(at: AppTest, link) -> AppTest:
 
 def test_next_links_open_the_next_page_with_their_teacher_preselected():
     at = clean(new_app().run())
-    at.switch_page("pages/ranking.py")
-    clean(at.run())
-    button(at, "Rank teachers").click()
-    clean(at.run())
+    ranked(at)
     best = str(at.dataframe[0].value.index[0])
     link = _next_link(at)
     assert best in link.proto.label and parse_qs(link.proto.query_string)["teacher"] == [best]

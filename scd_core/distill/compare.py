@@ -208,7 +208,7 @@ def difference(a: Sequence[float], b: Sequence[float], n_val: int, confidence: f
     return Difference(diff, low, high, source, within, label)
 
 
-def _group_weight_note(members: Sequence[RunRecord]) -> str | None:
+def _group_weight_note(members: Sequence[RunRecord], lambdas: Sequence[float]) -> str | None:
     """The weight note of a group: its runs share one lambda over seeds; k-fold runs each fit their own."""
     notes = {r.fold: note for r in sorted(members, key=lambda r: (r.fold is None, r.fold or 0))
              if (note := weight_note(r.teacher_weight))}
@@ -217,7 +217,6 @@ def _group_weight_note(members: Sequence[RunRecord]) -> str | None:
     first_fold, first = next(iter(notes.items()))
     if len(set(notes.values())) == 1:
         return first
-    lambdas = [float(r.teacher_weight.get("lambda") or 0.0) for r in members if r.teacher_weight]
     where = f"fold {first_fold + 1}" if first_fold is not None else "one run"
     return (f"λ {lambda_cell(lambdas)} over {len(notes)} folds, each measured on its own train part; "
             f"{where}: {first}")
@@ -241,14 +240,14 @@ def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: 
     for (teacher, method, weighting), members in groups.items():
         val = np.array([r.val_acc for r in members])
         test = np.array([r.test_acc for r in members if r.test_acc is not None])
+        lambdas = sorted({float(r.teacher_weight["lambda"]) for r in members
+                          if r.teacher_weight.get("lambda") is not None})
         summaries.append(GroupSummary(
             name=run_name(method, teacher, weighting), method=method, teacher=teacher, weighting=weighting,
             n=len(members), val_mean=float(val.mean()), val_std=_std(val),
             test_mean=float(test.mean()) if test.size else None, test_std=_std(test),
             runs=[run_label(r) for r in sorted(members, key=lambda r: r.started)],
-            lambdas=sorted({float(r.teacher_weight["lambda"]) for r in members
-                            if r.teacher_weight.get("lambda") is not None}),
-            weight_note=_group_weight_note(members),
+            lambdas=lambdas, weight_note=_group_weight_note(members, lambdas),
         ))
     ce = next((g for g in summaries if g.method == "ce"), None)
     if ce is not None:

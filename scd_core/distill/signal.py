@@ -71,11 +71,6 @@ def wilson_lower(hits: float, n: int, z: float = AGREEMENT_Z) -> float:
     return float(max(0.0, (centre - spread) / (1 + z * z / n)))
 
 
-def _chunk_rows(num_teacher_classes: int) -> int:
-    """Rows per chunk so that one chunk's float64 probabilities stay near 128 MB whatever K_t."""
-    return max(64, min(4096, (1 << 24) // max(num_teacher_classes, 1)))
-
-
 def _transported_hits(outputs: TeacherOutputs, costs: np.ndarray, judge: np.ndarray,
                       temperature: float) -> tuple[int, np.ndarray]:
     r"""How many images have :math:`\hat y(x) = \arg\min_j (p^T_t(x) C_{f(x)})_j` equal to their label,
@@ -84,7 +79,7 @@ def _transported_hits(outputs: TeacherOutputs, costs: np.ndarray, judge: np.ndar
     once per row, whatever F."""
     f, k_t, k_s = costs.shape
     stacked = np.ascontiguousarray(np.asarray(costs, dtype=np.float64).transpose(1, 0, 2).reshape(k_t, f * k_s))
-    n, step, hits = outputs.num_samples, _chunk_rows(k_t), 0
+    n, step, hits = outputs.num_samples, outputs.chunk_rows, 0  # float64 here: about 128 MB a chunk
     predicted = np.zeros(k_s, dtype=np.int64)
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))

@@ -82,6 +82,11 @@ class TeacherOutputs:
     def feature_dim(self) -> int:
         return int(self.features.shape[1])
 
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per streamed chunk: about 16 M probabilities (64 MB in float32), whatever K_t."""
+        return max(64, min(4096, (1 << 24) // max(self.num_teacher_classes, 1)))
+
     def iter_probabilities(self, chunk_size: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(rows, p)`` with p = softmax(logits[rows] / T) as float32, chunk by chunk.
 
@@ -89,7 +94,7 @@ class TeacherOutputs:
         read with plain file reads, so the pages read do not stay mapped into the process.
         """
         n = self.num_samples
-        chunk = chunk_size or max(64, min(4096, (1 << 24) // max(self.num_teacher_classes, 1)))
+        chunk = chunk_size or self.chunk_rows
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             yield rows, softmax_np(self.logit_rows(rows), self.temperature)
