@@ -3,7 +3,8 @@
 For each world, a student (the product's default: ``resnet10t``, default epochs and settings) is
 trained with ``ce`` (no teacher) and, from every teacher, with each method of ``--methods`` (``kd``
 only where the label spaces match) under each teacher weighting of ``--weightings`` (``fixed``
-lambda, or ``adaptive``: lambda times the teacher's cross-fitted label agreement on the labeled train images).
+lambda, or ``adaptive``: each image's lambda times the cross-fitted weight, on the labeled train images, of
+the teacher class it predicts; see :mod:`scd_core.distill.signal`).
 The figure is the test accuracy (the ``test`` split never influences training or ranking), mean and
 standard deviation over seeds 0..S-1.
 
@@ -59,6 +60,7 @@ def _reused(world: str) -> dict[tuple, list[float]]:
 def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | None) -> dict:
     from dataclasses import asdict, replace
 
+    from scd_core.distill.signal import ADAPTIVE_RULE
     from scd_core.distill.trainer import DistillConfig, distill
     from scd_core.errors import ScdError
     from scd_core.sources import as_repository, as_target
@@ -73,7 +75,8 @@ def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | 
         tname = teacher.name if teacher else "-"
         for seed in range(seeds):
             cfg = replace(base, method=method, seed=seed, weighting=weighting)
-            key = [name, size, tname, method, weighting, seed, cfg.epochs]
+            rule = weighting if weighting == "fixed" else f"{weighting}: {ADAPTIVE_RULE}"  # a new rule is a new run
+            key = [name, size, tname, method, rule, seed, cfg.epochs]
             if weighting == "fixed" and len(reused.get((tname, method), [])) > seed:
                 accs.append(reused[(tname, method)][seed])
                 sources.add("earlier results file")
@@ -132,9 +135,9 @@ def run_world(name: str, size: str, seeds: int, epochs: int | None, root: str | 
 def markdown(results: list[dict], info: dict, share: dict) -> str:
     lines = ["# Distillation benchmark", "",
              "Test accuracy (%) of a `resnet10t` student trained from scratch, mean +- std over seeds; "
-             "`kd` only where the teacher's label space equals the target's. `adaptive`: lambda times the "
-             "teacher's cross-fitted label agreement on the labeled train images (the lambda used is listed "
-             "below each table).", "",
+             "`kd` only where the teacher's label space equals the target's. `adaptive`: each image's lambda "
+             "times the cross-fitted weight, on the labeled train images, of the teacher class it predicts "
+             "(the mean lambda over the training images is listed below each table).", "",
              machine_line(info) + " " + share["note"], ""]
     for r in results:
         cfg = r["config"]

@@ -24,10 +24,14 @@ from bench_suite import build_one, suite_root
 from common import RESULTS, machine, paired_interval, save_markdown
 
 BOUND_POINTS = 2.0
+# the adaptive rule's tag in cache names, so that a new rule trains new students (a KeyError here: name the new rule)
+RULE_TAGS = {"per teacher class, cross-fitted": "adaptive-class"}
 
 
 def _cache(world: str, teacher: str | None, seed: int) -> Path:
-    name = f"ce-seed{seed}" if teacher is None else f"{teacher}-adaptive-seed{seed}"
+    from scd_core.distill.signal import ADAPTIVE_RULE
+
+    name = f"ce-seed{seed}" if teacher is None else f"{teacher}-{RULE_TAGS[ADAPTIVE_RULE]}-seed{seed}"
     return suite_root() / world / "students" / "bounds" / f"{name}.json"
 
 

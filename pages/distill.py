@@ -114,9 +114,10 @@ with st.form("distill_form"):
             weight = st.number_input("Teacher weight λ", 0.0, 100.0, key="w_dist_weight", **ui.PERSIST)
             ui.init_widget("w_dist_weighting", "adaptive")
             weighting = st.radio("Teacher weighting", WEIGHTINGS, key="w_dist_weighting", horizontal=True,
-                                 **ui.PERSIST, help="adaptive: λ times how well the teacher's transported predictions "
-                                                    "agree with your labels (a useless teacher gets about 0, so the "
-                                                    "run stays near ce); fixed: λ as given.")
+                                 **ui.PERSIST, help="adaptive: each image's λ times how well the teacher's transported "
+                                                    "predictions agree with your labels for the teacher class it "
+                                                    "predicts (a useless teacher gets about 0, so the run stays near "
+                                                    "ce); fixed: λ as given.")
             temperature = st.number_input("Temperature T", 0.1, 50.0, key="w_dist_temp", **ui.PERSIST)
             ui.init_widget("w_dist_folds", 0)
             folds = st.number_input(

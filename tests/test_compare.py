@@ -113,6 +113,13 @@ def test_the_comparison_says_which_lambda_an_adaptive_run_used_and_why():
     assert weight_note({**weak, "lambda": 0.003}).startswith("λ <0.01 = 1 × agreement <0.01")
     assert lambda_cell([0.003]) == "<0.01" and lambda_cell([0.0]) == "0" and lambda_cell([]) == "not recorded"
     assert "did not record" in weight_note({"weighting": "adaptive", "base": 1.0, "lambda": 0.4})
+    # one weight per teacher class: how many classes earned one
+    classes = {"six": {"weight": 0.4, "n": 20}, "seven": {"weight": 0.0, "n": 28}}
+    per_class = {**weak, "lambda": 0.16, "agreement": 0.16, "evidence": {**evidence, "classes": classes}}
+    note = weight_note(per_class)
+    assert note.startswith("λ 0.16 (mean over the training images) = 1 × mean class weight 0.16: ")
+    assert "1 of 2 classes earned weight (six 0.40)" in note and "30% of 48 labeled train images" in note
+    assert "none of its classes" in weight_note({**per_class, "lambda": 0.0, "agreement": 0.0})
     # k-fold runs each measure their own weight: a range, and whose note is shown
     folds = [record_from_job(job(i, "weak", {**weak, "lambda": lam})) for i, lam in enumerate((0.03, 0.06))]
     folds = [replace(r, fold=i) for i, r in enumerate(folds)]
@@ -174,31 +181,94 @@ def test_the_cross_fitted_agreement_gives_a_noise_teacher_no_weight_where_in_sam
     assert again["judged"] == "2-fold cross-fitted, 5 splits"
 
 
+def test_class_weights_trust_a_teachers_reliable_classes_and_not_its_guesses():
+    """A teacher whose classes 0 and 1 fire for target classes 0 and 1, and whose class 2 or 3 fires at random
+    for target classes 2 and 3: classes 0 and 1 earn most of their weight, 2 and 3 (right half the time, where
+    chance is a quarter) about none, and a class no labeled image falls in gets 0. Classes 2 and 3 fire for
+    exactly half of each of the two target classes, so they carry no label information even by chance."""
+    from scd_core.distill.signal import class_weights, crossfit_judgements
+    from scd_core.outputs.streaming import TeacherOutputs
+
+    labels = np.repeat(np.arange(4), 12)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        head = (rng.normal(size=(6, 512)) / np.sqrt(512)).astype(np.float32)
+        fires = np.where(labels < 2, labels, 2 + np.arange(labels.size) % 2)  # 6 and 6 of each of targets 2, 3
+        features = (rng.normal(size=(48, 512)) + 6 * head[fires]).astype(np.float32)
+        outputs = TeacherOutputs.from_arrays(3 * features @ head.T, labels, features, num_target_classes=4,
+                                             head_weight=head)
+        judged = crossfit_judgements(outputs, "prototype", temperature=4.0, seed=seed)
+        weights, count = class_weights(outputs, judged)
+        assert list(count[:4]) == list(np.bincount(fires, minlength=4)) and list(count[4:]) == [0, 0]
+        assert min(weights[:2]) > 0.5 and max(weights[2:4]) < 0.15 and list(weights[4:]) == [0.0, 0.0], weights
+
+
+def test_the_teacher_term_counts_each_image_by_its_weight():
+    import torch
+
+    from scd_core.distill.losses import Batch, make_loss
+
+    torch.manual_seed(0)
+    batch = Batch(student_logits=torch.randn(4, 3), labels=torch.tensor([0, 1, -1, -1]),
+                  teacher_logits=torch.randn(4, 5), student_features=torch.randn(4, 8),
+                  teacher_features=torch.randn(4, 8))
+    plan = np.random.default_rng(0).random((5, 3))
+    from scd_core.distill.losses import TeacherContext
+
+    context = TeacherContext([f"t{i}" for i in range(5)], ["a", "b", "c"], cost=plan, plan=plan)
+    for method in ("scd", "translate", "rkd"):
+        loss = make_loss(method)
+        loss.prepare(context, torch.device("cpu"))
+        plain = loss.teacher_term(batch)
+        assert torch.allclose(loss.teacher_term(replace(batch, teacher_weight=torch.ones(4))), plain)
+        assert float(loss.teacher_term(replace(batch, teacher_weight=torch.zeros(4)))) == 0.0
+        if method != "rkd":  # per image: weights (1, 0, 0, 0) keep the first image's term alone, over 4
+            first = loss.teacher_term(replace(batch, teacher_weight=torch.tensor([1.0, 0, 0, 0])))
+            one = Batch(student_logits=batch.student_logits[:1], labels=batch.labels[:1],
+                        teacher_logits=batch.teacher_logits[:1])
+            assert torch.allclose(first, loss.teacher_term(one) / 4, atol=1e-6)
+
+
 def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_a_good_one(tmp_path):
     """A good teacher: a real timm student trained with ``ce`` on the colour classes, then used as a teacher;
-    an untrained one: the same architecture at random initialisation."""
-    from helpers import make_teacher, write_image_folder
+    an untrained one: the same architecture at random initialisation. A random network can still split the
+    images by colour (this one fires its class 2 for most of one colour), which is real information about
+    colour classes and earns that class its weight; so the untrained teacher is judged on the same images
+    labeled independently of their colour, where nothing it computes can predict the label."""
+    from helpers import make_teacher, write_csv, write_image_folder
 
     from scd_core.data.targets import load_target
-    from scd_core.distill.signal import crossfit_agreement, train_outputs
+    from scd_core.distill.signal import class_weights, crossfit_agreement, crossfit_judgements, train_outputs
     from scd_core.distill.trainer import DistillConfig, distill
     from scd_core.teachers.repository import spec_from_folder
 
     classes = {"red": 12, "green": 12, "blue": 12}
     splits = {"train": classes, "val": {c: 3 for c in classes}}
-    target = load_target(write_image_folder(tmp_path / "target", classes, size=16, splits=splits))
+    folder = write_image_folder(tmp_path / "target", classes, size=16, splits=splits)
+    target = load_target(folder)
+    rows = [(f"{split}/{colour}/{i:03d}.png", "abc"[i % 3], split)  # every label holds every colour alike
+            for split, counts in splits.items() for colour, count in counts.items() for i in range(count)]
+    colourless = load_target(write_csv(folder / "colourless.csv", rows, header=("path", "label", "split")))
     trained = distill(target, None, DistillConfig(method="ce", student="test_resnet", epochs=12, batch_size=12,
                                                   image_size=16, device="cpu"), run_dir=tmp_path / "good")
     teachers = {"good": spec_from_folder(trained.student_dir),
                 "untrained": spec_from_folder(make_teacher(tmp_path / "untrained", 3, img_size=16, seed=3))}
-    agreement = {}
+    judged_on = {"good": target, "untrained": colourless}
+    agreement, weights = {}, {}
     for name, spec in teachers.items():
-        agreement[name] = crossfit_agreement(train_outputs(spec, target, "cpu"), "prototype", temperature=4.0)
+        outputs = train_outputs(spec, judged_on[name], "cpu")
+        agreement[name] = crossfit_agreement(outputs, "prototype", temperature=4.0)
+        weights[name], _ = class_weights(outputs, crossfit_judgements(outputs, "prototype", temperature=4.0))
+    assert max(weights["untrained"]) <= 0.1 and min(weights["good"]) >= 0.5, weights  # per teacher class
     assert agreement["untrained"]["agreement"] <= 0.1, agreement
     assert agreement["good"]["agreement"] >= 0.6, agreement
     assert agreement["good"]["accuracy"] > agreement["good"]["accuracy_lower"] > 1 / 3
+    outputs = train_outputs(teachers["untrained"], target, "cpu")  # on the colour labels: one class earns weight
+    splits_colour, _ = class_weights(outputs, crossfit_judgements(outputs, "prototype", temperature=4.0))
+    assert sorted(splits_colour > 0.3) == [False, False, True], splits_colour
+    target = colourless
 
-    # the run records the weight it used: lambda times the agreement
+    # the run records the weight it used: lambda times the mean class weight over the training images
     config = DistillConfig(method="scd", weighting="adaptive", student="test_resnet", epochs=1, batch_size=12,
                            image_size=16, device="cpu")
     run = distill(target, teachers["untrained"], config, run_dir=tmp_path / "adaptive")

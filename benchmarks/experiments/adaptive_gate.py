@@ -71,6 +71,11 @@ def _demo_rows(tau: float) -> list[dict]:
 
 
 def main() -> None:
+    import scd_core.distill.signal as signal
+
+    if getattr(signal, "ADAPTIVE_RULE", None):  # the product's rule is now one weight per teacher class
+        sys.exit("this experiment ran against the earlier rule (one adaptive weight per teacher); rerun it at "
+                 "commit e06427a (git worktree add /tmp/e06427a e06427a)")
     pairs = _suite_pairs()
     split = {"TUNING": suite.TUNING, "HELD_OUT": suite.HELD_OUT}
     table = {tau: {name: _summary([g for w in worlds for g in _gated(pairs[w], tau)]) for name, worlds in split.items()}

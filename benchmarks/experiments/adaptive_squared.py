@@ -33,6 +33,9 @@ def squared_agreement(*args: Any, **kwargs: Any) -> dict:
 
 
 def main() -> None:
+    if getattr(signal, "ADAPTIVE_RULE", None):  # the product's rule is now one weight per teacher class
+        sys.exit("this experiment ran against the earlier rule (one adaptive weight per teacher); rerun it at "
+                 "commit e06427a (git worktree add /tmp/e06427a e06427a)")
     signal.crossfit_agreement = squared_agreement  # teacher_signal looks it up in the module at call time
     results = Path(__file__).resolve().parents[1] / "results"
     work = Path(tempfile.mkdtemp(prefix="adaptive-squared-"))

@@ -68,8 +68,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight", type=float, default=DistillConfig.weight, help="lambda of the teacher term")
     p.add_argument("--weighting", default=DistillConfig.weighting, choices=list(WEIGHTINGS),
-                   help="fixed: lambda as given; adaptive: lambda times the teacher's label agreement on train "
-                        "(cross-fitted)")
+                   help="fixed: lambda as given; adaptive: each image's lambda times the cross-fitted precision "
+                        "(above chance) on train of the teacher class it predicts")
     p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--eps", type=float, default=DistillConfig.eps,
                    help="entropic regularisation of the scd loss, relative to the cost range")

@@ -116,6 +116,18 @@ def weight_note(teacher_weight: dict) -> str | None:
                 else "λ 0: there was no labeled train image to judge the teacher by, so the run trained as ce.")
     seen = (f"its transported predictions matched {accuracy:.0%} of {n} labeled train images "
             f"({evidence.get('judged', 'in sample')}" + (f"; chance {chance:.0%})" if chance else ")"))
+    classes = evidence.get("classes")
+    if classes is not None:  # one weight per teacher class (see scd_core.distill.signal)
+        if lam == 0.0:
+            return (f"λ 0: {seen}; none of its classes did better than chance with 95% confidence, so the run "
+                    "trained as ce.")
+        used = sorted(((c.get("weight", 0.0), name) for name, c in classes.items() if c.get("weight", 0.0) > 0),
+                      reverse=True)
+        top = ", ".join(f"{name} {format_lambda(w)}" for w, name in used[:3]) + (", ..." if len(used) > 3 else "")
+        return (f"λ {format_lambda(lam)} (mean over the training images) = {base:g} × mean class weight "
+                f"{format_lambda(lam / base)}: {seen}. Each image counts by the teacher class it predicts, weighted "
+                f"by how far the 95% lower bound of that class's matches lies above chance; {len(used)} of "
+                f"{len(classes)} classes earned weight ({top}).")
     if lam == 0.0:
         return f"λ 0: {seen}, not beyond chance with 95% confidence, so the run trained as ce."
     return (f"λ {format_lambda(lam)} = {base:g} × agreement {format_lambda(lam / base)}: {seen}; the agreement "

@@ -27,7 +27,7 @@ class DistillConfig:
     lr: float | None = None  # default: the optimizer's
     weight_decay: float | None = None  # default: the optimizer's
     weight: float = 1.0  # lambda of the teacher term
-    weighting: str = "adaptive"  # fixed: lambda as given; adaptive: lambda times the cross-fitted label agreement
+    weighting: str = "adaptive"  # fixed: lambda as given; adaptive: per image, lambda times its teacher class's weight
     temperature: float = 4.0
     eps: float = 0.05  # entropic regularisation of the scd loss, relative to a [0, 1] cost
     cost: str = "prototype"  # teacher-to-target cost of the scd loss: a name in scd_core.ot.costs.COSTS

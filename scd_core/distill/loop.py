@@ -95,6 +95,8 @@ def train(student: torch.nn.Module, data: TrainData, signal: TeacherSignal | Non
                 student_features=s_feats.float() if loss_fn.needs_features else None,
                 teacher_features=signal.features[dev_idx] if signal is not None and signal.features is not None
                 else None,
+                teacher_weight=signal.row_weight[dev_idx] if signal is not None and signal.row_weight is not None
+                else None,
             )
             t_loss = time.perf_counter()
             loss, parts = loss_fn(batch)

@@ -42,6 +42,12 @@ class Batch:
     teacher_logits: torch.Tensor | None = None  # (B, K_t), no grad
     student_features: torch.Tensor | None = None  # (B, d_s)
     teacher_features: torch.Tensor | None = None  # (B, d_t), no grad
+    teacher_weight: torch.Tensor | None = None  # (B,) per-image factor of lambda (adaptive weighting), no grad
+
+
+def _rows_mean(rows: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean of per-image teacher terms over the batch, each weighted by ``batch.teacher_weight`` if given."""
+    return rows.mean() if batch.teacher_weight is None else (rows * batch.teacher_weight).mean()
 
 
 @dataclass
@@ -61,9 +67,10 @@ def _ce(batch: Batch) -> torch.Tensor:
     return F.cross_entropy(batch.student_logits[labeled], batch.labels[labeled])
 
 
-def _kl_to(target_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def _kl_rows(target_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""Per-image :math:`T^2 \mathrm{KL}(q \| p^T_s)`, shape (B,)."""
     log_ps = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(log_ps, target_probs, reduction="batchmean") * temperature**2
+    return F.kl_div(log_ps, target_probs, reduction="none").sum(dim=1) * temperature**2
 
 
 class DistillLoss(ABC):
@@ -103,7 +110,8 @@ class DistillLoss(ABC):
 
     @abstractmethod
     def teacher_term(self, batch: Batch) -> torch.Tensor:
-        """The teacher-driven term, averaged over every image of the batch (labeled or not)."""
+        """The teacher-driven term, averaged over every image of the batch (labeled or not), each image
+        weighted by ``batch.teacher_weight`` when it is given."""
 
 
 class CrossEntropyLoss(DistillLoss):
@@ -149,14 +157,16 @@ class KDLoss(DistillLoss):
 
     def teacher_term(self, batch: Batch) -> torch.Tensor:
         t = batch.teacher_logits.index_select(1, self.index)
-        return _kl_to(F.softmax(t / self.temperature, dim=1), batch.student_logits, self.temperature)
+        return _rows_mean(_kl_rows(F.softmax(t / self.temperature, dim=1), batch.student_logits, self.temperature),
+                          batch)
 
 
 class RKDLoss(DistillLoss):
     """``rkd`` (Park et al. 2019): match pairwise distances (weight 1) and angles (weight 2).
 
     Distances are normalised by their batch mean; angles are cosines between difference vectors
-    of every triplet, computed as one batched matrix product per anchor set.
+    of every triplet, computed as one batched matrix product per anchor set. The term is relational, not
+    per image, so per-image teacher weights scale it by their batch mean.
     """
 
     name = "rkd"
@@ -164,7 +174,8 @@ class RKDLoss(DistillLoss):
 
     def teacher_term(self, batch: Batch) -> torch.Tensor:
         s, t = batch.student_features, batch.teacher_features.float()
-        return self.distance_loss(s, t) + 2.0 * self.angle_loss(s, t)
+        term = self.distance_loss(s, t) + 2.0 * self.angle_loss(s, t)
+        return term if batch.teacher_weight is None else term * batch.teacher_weight.mean()
 
     @staticmethod
     def _pdist(x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +263,7 @@ class SCDLoss(DistillLoss):
     def teacher_term(self, batch: Batch) -> torch.Tensor:
         pt = F.softmax(batch.teacher_logits.float() / self.temperature, dim=1)
         ps = F.softmax(batch.student_logits.float() / self.temperature, dim=1)
-        return ot_divergence(pt, ps, self.cost, self.eps, self.max_iter).mean() * self.temperature**2
+        return _rows_mean(ot_divergence(pt, ps, self.cost, self.eps, self.max_iter), batch) * self.temperature**2
 
 
 class TranslateLoss(DistillLoss):
@@ -272,7 +283,7 @@ class TranslateLoss(DistillLoss):
 
     def teacher_term(self, batch: Batch) -> torch.Tensor:
         pt = F.softmax(batch.teacher_logits.float() / self.temperature, dim=1)
-        return _kl_to(pt @ self.translation, batch.student_logits, self.temperature)
+        return _rows_mean(_kl_rows(pt @ self.translation, batch.student_logits, self.temperature), batch)
 
 
 LOSSES: dict[str, type[DistillLoss]] = {

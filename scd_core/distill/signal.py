@@ -3,32 +3,40 @@ r"""The teacher's signal for a run: its cost / plan context, its cached outputs 
 Everything here is computed once before training, from the teacher's outputs on the labeled
 ``train`` images (never ``val`` or ``test``) and its predictions on the training pool.
 
-**Adaptive teacher weight.** With ``weighting="adaptive"`` the teacher term's lambda is scaled by the
-teacher's *label agreement* :math:`a \in [0, 1]`, measured on the labeled train images before
-training. At the loss's temperature :math:`T`, the ``scd`` term pulls the student toward the target
-class of least expected cost, :math:`\hat y(x) = \arg\min_j (p^T_t(x) C)_j`. With :math:`n` labeled
-images, :math:`\mathrm{acc}_-` is the one-sided 95% Wilson lower bound of how often :math:`\hat y(x)`
-is the label, each image judged by a cost fitted on the *other half* of the labeled images (2-fold
-stratified cross-fitting, the hits averaged over 5 random splits), and
+**Adaptive teacher weight.** With ``weighting="adaptive"`` each training image's teacher term is
+weighted by how reliable the teacher has shown itself, on the labeled train images, *for the class it
+predicts for that image*. At the loss's temperature :math:`T`, the ``scd`` term pulls the student toward
+the target class of least expected cost, :math:`\hat y(x) = \arg\min_j (p^T_t(x) C)_j`. Every labeled
+image is judged out of sample, by a cost fitted on the *other half* of the labeled images (2-fold
+stratified cross-fitting, 5 random splits), and grouped by the teacher's own top class
+:math:`i(x) = \arg\max_k t_k(x)`. For teacher class :math:`i`, with :math:`n_i` labeled images,
+:math:`\mathrm{prec}_{i,-}` is the one-sided 95% Wilson lower bound of how often :math:`\hat y(x)` is
+the label (the hits averaged over the splits), and
 
 .. math::
-    a = \max\Big(0, \frac{\mathrm{acc}_- - p_e}{1 - p_e}\Big), \qquad
-    p_e = \sum_j q_j \pi_j,
+    w_i = \max\Big(0, \frac{\mathrm{prec}_{i,-} - p_{e,i}}{1 - p_{e,i}}\Big), \qquad
+    \lambda(x) = \lambda\, w_{i(x)},
 
-a chance-corrected accuracy (Cohen's kappa, :math:`q_j` the share of images predicted as class
-:math:`j`, :math:`\pi_j` the share labeled :math:`j`; :math:`p_e = 1/K_s` for balanced classes) that a
-teacher has to earn with evidence: a teacher whose transported predictions are no better than chance
-on the labeled images gets :math:`\lambda = 0` (the run becomes ``ce``), one that predicts the labels
-keeps most of its weight.
+a chance-corrected precision (Cohen's kappa; :math:`p_{e,i}` the mean label share :math:`\pi_{\hat y}` of
+the class's transported predictions, :math:`1/K_s` for balanced classes) that each teacher class has to
+earn with evidence. A class no labeled image fell in gets 0, and a teacher none of whose classes does
+better than chance trains as ``ce``. The lambda a run reports is the mean of :math:`\lambda(x)` over the
+training pool.
+
+Why per teacher class: a teacher can be reliable on some of its classes and not on others (a teacher of
+other digits maps one of its classes cleanly onto a target digit and guesses for the rest), and one
+weight per teacher has to average the two, so it hands a weak teacher's guesses the same weight as its
+good classes. On the demo worlds one weight per teacher left ``scd`` from the worst teacher 2.2 points
+under ``ce``; per class it ends 0.4 above (see the README's distillation section, and
+``benchmarks/experiments/`` for the rules tried).
 
 Why cross-fitted: the cost (class prototypes, or the joint) is itself fitted to the labeled images, and
 fitted to a few dozen it also fits their noise: the class means of pure-noise features classify their own
-images better than chance, so in sample a useless teacher earns a weight it would not earn on new images
-(an untrained teacher reached :math:`a = 0.21` on a 24-image suite world and cost its student 3.7 points).
-Judged out of sample that optimism is gone; averaging over several splits keeps :math:`a` from depending
+images better than chance, so in sample a useless teacher earns a weight it would not earn on new images.
+Judged out of sample that optimism is gone; averaging over several splits keeps the weights from depending
 on which images fell in which half. A cost fitted on half the images is worse than the one the loss uses
-(fitted on all of them), by much when a class has only a few labeled images, so the estimate errs on the
-cautious side: on the suite's 3-10 images per class the mean gain over ``ce`` fell from 3.2 to 2.8 points.
+(fitted on all of them), and a class's bound rests on its own :math:`n_i` images, so the weights err on
+the cautious side (a near-perfect teacher gets about 0.65-0.7 with 8 images per class).
 """
 
 from __future__ import annotations
@@ -54,10 +62,12 @@ class TeacherSignal:
 
     logits: torch.Tensor  # (N_pool, K_t) float32
     features: torch.Tensor | None  # (N_pool, d_t) when the loss needs features
-    weight: dict = field(default_factory=dict)  # {"weighting", "base", "agreement", "lambda"}
+    weight: dict = field(default_factory=dict)  # {"weighting", "base", "agreement", "lambda", ...}
+    row_weight: torch.Tensor | None = None  # (N_pool,) per-image factor of lambda (adaptive), else None
 
 
 AGREEMENT_Z = 1.645  # one-sided 95% bound
+ADAPTIVE_RULE = "per teacher class, cross-fitted"  # recorded with each adaptive run (and keyed by benchmarks)
 
 
 def wilson_lower(hits: float, n: int, z: float = AGREEMENT_Z) -> float:
@@ -71,38 +81,66 @@ def wilson_lower(hits: float, n: int, z: float = AGREEMENT_Z) -> float:
     return float(max(0.0, (centre - spread) / (1 + z * z / n)))
 
 
-def _transported_hits(outputs: TeacherOutputs, costs: np.ndarray, judge: np.ndarray,
-                      temperature: float) -> tuple[int, np.ndarray]:
-    r"""How many images have :math:`\hat y(x) = \arg\min_j (p^T_t(x) C_{f(x)})_j` equal to their label,
-    and how many are predicted as each target class, where ``costs`` is (F, K_t, K_s) and ``judge`` (N,)
-    gives each image's cost :math:`f(x)`. One streamed pass over the logits; the softmax is computed
-    once per row, whatever F."""
+def _transported_guesses(outputs: TeacherOutputs, costs: np.ndarray, judge: np.ndarray,
+                         temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Each image's transported prediction :math:`\hat y(x) = \arg\min_j (p^T_t(x) C_{f(x)})_j` and the
+    teacher's own top class :math:`\arg\max_k t_k(x)`, where ``costs`` is (F, K_t, K_s) and ``judge`` (N,)
+    gives each image's cost :math:`f(x)`. One streamed pass over the logits; the softmax is computed once
+    per row, whatever F."""
     f, k_t, k_s = costs.shape
     stacked = np.ascontiguousarray(np.asarray(costs, dtype=np.float64).transpose(1, 0, 2).reshape(k_t, f * k_s))
-    n, step, hits = outputs.num_samples, outputs.chunk_rows, 0  # float64 here: about 128 MB a chunk
-    predicted = np.zeros(k_s, dtype=np.int64)
+    n, step = outputs.num_samples, outputs.chunk_rows  # float64 here: about 128 MB a chunk
+    guess, top = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
-        z = outputs.logit_rows(rows).astype(np.float64) / temperature
+        logits = outputs.logit_rows(rows).astype(np.float64)
+        z = logits / temperature
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        guess = (p @ stacked).reshape(-1, f, k_s)[np.arange(z.shape[0]), judge[rows]].argmin(axis=1)
-        hits += int((guess == outputs.labels[rows]).sum())
-        predicted += np.bincount(guess, minlength=k_s)
-    return hits, predicted
+        guess[rows] = (p @ stacked).reshape(-1, f, k_s)[np.arange(z.shape[0]), judge[rows]].argmin(axis=1)
+        top[rows] = logits.argmax(axis=1)
+    return guess, top
 
 
-def _agreement(hits: float, predicted: np.ndarray, outputs: TeacherOutputs, judged: str) -> dict:
-    n = outputs.num_samples
-    # Cohen's chance agreement: what predictions made independently of the labels, as often per class
-    # as these were, would match; 1/K_s when the classes are balanced
-    balanced = np.unique(outputs.class_counts).size == 1
-    chance = 1.0 / outputs.num_target_classes if balanced else float(
-        np.dot(predicted / max(predicted.sum(), 1e-12), outputs.class_counts / n))
-    lower = wilson_lower(hits, n)
-    agreement = max(0.0, (lower - chance) / (1.0 - chance)) if chance < 1.0 else 0.0
-    return {"accuracy": hits / n, "accuracy_lower": lower, "n": n, "chance": chance, "judged": judged,
-            "agreement": float(agreement)}
+@dataclass
+class Judgements:
+    """Transported predictions of the labeled images, ``guesses`` (R, N) over R judgings (splits), the
+    teacher's top class per image ``top`` (N,), and how they were judged."""
+
+    guesses: np.ndarray
+    top: np.ndarray
+    judged: str
+
+
+def _chance(guesses: np.ndarray, outputs: TeacherOutputs) -> float:
+    """Cohen's chance agreement: what predictions made independently of the labels, as often per class as
+    these were, would match; 1/K_s when the classes are balanced."""
+    if np.unique(outputs.class_counts).size == 1:
+        return 1.0 / outputs.num_target_classes
+    predicted = np.bincount(guesses.ravel(), minlength=outputs.num_target_classes)
+    return float(np.dot(predicted / max(predicted.sum(), 1), outputs.class_counts / outputs.num_samples))
+
+
+def _kappa_lower(hits: float, n: int, chance: float) -> float:
+    r"""The chance-corrected Wilson lower bound, :math:`\max(0, (\mathrm{acc}_- - p_e) / (1 - p_e))`."""
+    return max(0.0, (wilson_lower(hits, n) - chance) / (1.0 - chance)) if chance < 1.0 and n > 0 else 0.0
+
+
+def _agreement(j: Judgements, outputs: TeacherOutputs) -> dict:
+    k, n = outputs.num_target_classes, outputs.num_samples
+    if n == 0 or k < 2:
+        return {"accuracy": float("nan"), "accuracy_lower": 0.0, "n": n, "chance": 1.0 / max(k, 1),
+                "judged": j.judged, "agreement": 0.0}
+    hits = float((j.guesses == outputs.labels[None, :]).sum()) / j.guesses.shape[0]
+    chance = _chance(j.guesses, outputs)
+    return {"accuracy": hits / n, "accuracy_lower": wilson_lower(hits, n), "n": n, "chance": chance,
+            "judged": j.judged, "agreement": _kappa_lower(hits, n, chance)}
+
+
+def _in_sample(outputs: TeacherOutputs, cost: np.ndarray, temperature: float) -> Judgements:
+    guess, top = _transported_guesses(outputs, np.asarray(cost)[None], np.zeros(outputs.num_samples, dtype=np.int64),
+                                      temperature)
+    return Judgements(guess[None], top, "in sample")
 
 
 def label_agreement(outputs: TeacherOutputs, cost: np.ndarray, temperature: float = 1.0) -> dict:
@@ -110,15 +148,10 @@ def label_agreement(outputs: TeacherOutputs, cost: np.ndarray, temperature: floa
     by the same, given ``cost`` (in sample when the cost was fitted on these images).
 
     Returns ``accuracy`` (of :math:`\arg\min_j (p^T_t(x) C)_j`), its Wilson lower bound
-    ``accuracy_lower``, ``n``, ``chance`` (:math:`1/K_s`) and the chance-corrected ``agreement`` in
-    [0, 1] computed from the bound.
+    ``accuracy_lower``, ``n``, ``chance`` (:math:`1/K_s` for balanced classes) and the chance-corrected
+    ``agreement`` in [0, 1] computed from the bound.
     """
-    k, n = outputs.num_target_classes, outputs.num_samples
-    if n == 0 or k < 2:
-        return {"accuracy": float("nan"), "accuracy_lower": 0.0, "n": n, "chance": 1.0 / max(k, 1),
-                "judged": "in sample", "agreement": 0.0}
-    hits, predicted = _transported_hits(outputs, np.asarray(cost)[None], np.zeros(n, dtype=np.int64), temperature)
-    return _agreement(hits, predicted, outputs, "in sample")
+    return _agreement(_in_sample(outputs, cost, temperature), outputs)
 
 
 def _stratified_folds(labels: np.ndarray, num_classes: int, folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,24 +164,25 @@ def _stratified_folds(labels: np.ndarray, num_classes: int, folds: int, rng: np.
     return fold
 
 
-def crossfit_agreement(outputs: TeacherOutputs, cost_name: str, temperature: float = 1.0, folds: int = 2,
-                       repeats: int = 5, seed: int = 0) -> dict:
-    r""":func:`label_agreement` out of sample (see the module docstring): the labeled images are split
-    into ``folds`` stratified folds, the cost ``cost_name`` is fitted on the other folds and judges each
-    fold; the hits are averaged over ``repeats`` random splits and go into one Wilson bound over the
-    ``n`` images. Deterministic for a given ``seed``.
+def crossfit_judgements(outputs: TeacherOutputs, cost_name: str, temperature: float = 1.0, folds: int = 2,
+                        repeats: int = 5, seed: int = 0) -> Judgements:
+    r"""Every labeled image's transported prediction out of sample (see the module docstring): the images
+    are split into ``folds`` stratified folds, the cost ``cost_name`` is fitted on the other folds and
+    judges each fold, over ``repeats`` random splits. Deterministic for a given ``seed``.
 
     A class with fewer images than ``folds`` is missing from some fitted part; the cost then gives it
     its neutral column (see :func:`~scd_core.ot.costs.prototype_cost`), so its images are judged
-    without the optimism of having fitted them. Only with fewer than ``folds`` images in all is the
-    agreement taken in sample. Memory: a fitted part holds its rows' logits; the judging is streamed.
+    without the optimism of having fitted them. Only with fewer than ``folds`` images in all are they
+    judged in sample. Memory: a fitted part holds its rows' logits; the judging is streamed.
     """
     k, n = outputs.num_target_classes, outputs.num_samples
+    if n == 0:
+        return Judgements(np.zeros((1, 0), dtype=np.int64), np.zeros(0, dtype=np.int64), "no labeled image")
     if n < folds or k < 2:
-        return label_agreement(outputs, cost_matrix(outputs, cost_name), temperature)
+        return _in_sample(outputs, cost_matrix(outputs, cost_name), temperature)
     rng = np.random.default_rng(seed)
-    total, predicted = 0, np.zeros(k, dtype=np.int64)
-    for _ in range(repeats):
+    guesses, top = np.empty((repeats, n), dtype=np.int64), np.empty(n, dtype=np.int64)
+    for r in range(repeats):
         fold = _stratified_folds(outputs.labels, k, folds, rng)
         costs = []
         for f in range(folds):
@@ -157,9 +191,32 @@ def crossfit_agreement(outputs: TeacherOutputs, cost_name: str, temperature: flo
                 np.asarray(outputs.logits[fit]), outputs.labels[fit], np.asarray(outputs.features[fit]),
                 num_target_classes=k, head_weight=outputs.head_weight, temperature=outputs.temperature)
             costs.append(cost_matrix(fitted, cost_name))
-        hits, guesses = _transported_hits(outputs, np.stack(costs), fold, temperature)
-        total, predicted = total + hits, predicted + guesses
-    return _agreement(total / repeats, predicted, outputs, f"{folds}-fold cross-fitted, {repeats} splits")
+        guesses[r], top = _transported_guesses(outputs, np.stack(costs), fold, temperature)
+    return Judgements(guesses, top, f"{folds}-fold cross-fitted, {repeats} splits")
+
+
+def crossfit_agreement(outputs: TeacherOutputs, cost_name: str, temperature: float = 1.0, folds: int = 2,
+                       repeats: int = 5, seed: int = 0) -> dict:
+    r""":func:`label_agreement` out of sample: the hits of :func:`crossfit_judgements`, averaged over the
+    splits, go into one Wilson bound over the ``n`` images."""
+    return _agreement(crossfit_judgements(outputs, cost_name, temperature, folds, repeats, seed), outputs)
+
+
+def class_weights(outputs: TeacherOutputs, j: Judgements) -> tuple[np.ndarray, np.ndarray]:
+    r"""Per teacher class :math:`i`, the weight :math:`w_i` of the module docstring and the number of
+    labeled images :math:`n_i` the teacher calls :math:`i`. Chance for class :math:`i` is the mean label
+    share :math:`\pi_{\hat y}` of its images' transported predictions (:math:`1/K_s` when balanced)."""
+    k_t, n = outputs.num_teacher_classes, outputs.num_samples
+    if n == 0 or outputs.num_target_classes < 2:
+        return np.zeros(k_t), np.zeros(k_t, dtype=np.int64)
+    repeats = j.guesses.shape[0]
+    hits = np.bincount(j.top, weights=(j.guesses == outputs.labels[None, :]).mean(axis=0), minlength=k_t)
+    count = np.bincount(j.top, minlength=k_t)
+    share = outputs.class_counts / n
+    chance = np.bincount(np.repeat(j.top[None, :], repeats, axis=0).ravel(), weights=share[j.guesses].ravel(),
+                         minlength=k_t) / np.maximum(count * repeats, 1)
+    weights = np.array([_kappa_lower(hits[i], int(count[i]), chance[i]) for i in range(k_t)])  # K_t scalars
+    return weights, count
 
 
 def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str = "prototype",
@@ -193,14 +250,25 @@ def teacher_signal(spec: TeacherSpec, target: TargetSet, data: TrainData, loss_f
     outputs = train_outputs(spec, target, cfg.device)
     context = teacher_context(spec, target, cfg.device, cfg.cost, with_plan=loss_fn.needs_plan, outputs=outputs)
     loss_fn.prepare(context, device)
-    weight = {"weighting": cfg.weighting, "base": loss_fn.weight, "agreement": None, "lambda": loss_fn.weight}
-    if cfg.weighting == "adaptive":
-        agreement = crossfit_agreement(outputs, cfg.cost, cfg.temperature)
-        loss_fn.weight = loss_fn.weight * agreement["agreement"]
-        weight.update(agreement=agreement["agreement"], evidence=agreement, **{"lambda": loss_fn.weight})
+    base = loss_fn.weight
+    weight = {"weighting": cfg.weighting, "base": base, "agreement": None, "lambda": base}
     t_logits, t_feats = teacher_predictions(spec, data.pool, device=device)
+    logits = torch.from_numpy(t_logits.astype(np.float32)).to(device)
+    row_weight = None
+    if cfg.weighting == "adaptive":
+        judgements = crossfit_judgements(outputs, cfg.cost, cfg.temperature)
+        per_class, count = class_weights(outputs, judgements)
+        row_weight = torch.as_tensor(per_class, dtype=torch.float32, device=device)[logits.argmax(dim=1)]
+        mean = float(row_weight.mean()) if row_weight.numel() else 0.0
+        if mean == 0.0:
+            loss_fn.weight = 0.0  # no teacher class earned weight: the run trains as ce
+        names = list(spec.label_names)
+        evidence = {**_agreement(judgements, outputs),
+                    "classes": {names[i]: {"weight": float(per_class[i]), "n": int(count[i])}
+                                for i in np.flatnonzero(count)}}
+        weight.update(rule=ADAPTIVE_RULE, agreement=mean, evidence=evidence, **{"lambda": base * mean})
     return TeacherSignal(
-        logits=torch.from_numpy(t_logits.astype(np.float32)).to(device),
+        logits=logits,
         features=torch.from_numpy(t_feats).to(device) if loss_fn.needs_features else None,
-        weight=weight,
+        weight=weight, row_weight=row_weight,
     )
