@@ -70,15 +70,17 @@ AGREEMENT_Z = 1.645  # one-sided 95% bound
 ADAPTIVE_RULE = "per teacher class, cross-fitted"  # recorded with each adaptive run (and keyed by benchmarks)
 
 
-def wilson_lower(hits: float, n: int, z: float = AGREEMENT_Z) -> float:
+def wilson_lower(hits: float | np.ndarray, n: int | np.ndarray, z: float = AGREEMENT_Z) -> float | np.ndarray:
     r"""Wilson score lower bound of a proportion :math:`\hat p = \mathrm{hits}/n`:
-    :math:`(\hat p + z^2/2n - z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}) / (1 + z^2/n)`."""
-    if n <= 0:
-        return 0.0
-    p = hits / n
-    centre = p + z * z / (2 * n)
-    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return float(max(0.0, (centre - spread) / (1 + z * z / n)))
+    :math:`(\hat p + z^2/2n - z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}) / (1 + z^2/n)`, 0 where n = 0;
+    elementwise on arrays (a float for scalars)."""
+    hits, n = np.asarray(hits, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    m = np.maximum(n, 1.0)
+    p = hits / m
+    centre = p + z * z / (2 * m)
+    spread = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
+    lower = np.where(n > 0, np.maximum(0.0, (centre - spread) / (1 + z * z / m)), 0.0)
+    return float(lower) if lower.ndim == 0 else lower
 
 
 def _transported_guesses(outputs: TeacherOutputs, costs: np.ndarray, judge: np.ndarray,
@@ -121,9 +123,13 @@ def _chance(guesses: np.ndarray, outputs: TeacherOutputs) -> float:
     return float(np.dot(predicted / max(predicted.sum(), 1), outputs.class_counts / outputs.num_samples))
 
 
-def _kappa_lower(hits: float, n: int, chance: float) -> float:
-    r"""The chance-corrected Wilson lower bound, :math:`\max(0, (\mathrm{acc}_- - p_e) / (1 - p_e))`."""
-    return max(0.0, (wilson_lower(hits, n) - chance) / (1.0 - chance)) if chance < 1.0 and n > 0 else 0.0
+def _kappa_lower(hits: float | np.ndarray, n: int | np.ndarray, chance: float | np.ndarray) -> float | np.ndarray:
+    r"""The chance-corrected Wilson lower bound, :math:`\max(0, (\mathrm{acc}_- - p_e) / (1 - p_e))`, 0 where
+    :math:`n = 0` or :math:`p_e = 1`; elementwise on arrays."""
+    chance = np.asarray(chance, dtype=np.float64)
+    room = np.where(chance < 1.0, 1.0 - chance, 1.0)
+    kappa = np.where(chance < 1.0, np.maximum(0.0, (wilson_lower(hits, n) - chance) / room), 0.0)
+    return float(kappa) if kappa.ndim == 0 else kappa
 
 
 def _agreement(j: Judgements, outputs: TeacherOutputs) -> dict:
@@ -209,14 +215,11 @@ def class_weights(outputs: TeacherOutputs, j: Judgements) -> tuple[np.ndarray, n
     k_t, n = outputs.num_teacher_classes, outputs.num_samples
     if n == 0 or outputs.num_target_classes < 2:
         return np.zeros(k_t), np.zeros(k_t, dtype=np.int64)
-    repeats = j.guesses.shape[0]
     hits = np.bincount(j.top, weights=(j.guesses == outputs.labels[None, :]).mean(axis=0), minlength=k_t)
     count = np.bincount(j.top, minlength=k_t)
-    share = outputs.class_counts / n
-    chance = np.bincount(np.repeat(j.top[None, :], repeats, axis=0).ravel(), weights=share[j.guesses].ravel(),
-                         minlength=k_t) / np.maximum(count * repeats, 1)
-    weights = np.array([_kappa_lower(hits[i], int(count[i]), chance[i]) for i in range(k_t)])  # K_t scalars
-    return weights, count
+    share = outputs.class_counts / n  # pi_j, the label shares
+    chance = np.bincount(j.top, weights=share[j.guesses].mean(axis=0), minlength=k_t) / np.maximum(count, 1)
+    return _kappa_lower(hits, count, chance), count
 
 
 def teacher_context(spec: TeacherSpec, target: TargetSet, device: str, cost: str = "prototype",
