@@ -21,6 +21,7 @@ from scd_core.distill.compare import (
     run_label,
     weight_note,
 )
+from scd_core.distill.losses import _kl_rows
 
 SETTING = ("fp", "resnet10t", 15, None)  # target, student, epochs, k-fold (None: plain seeds)
 
@@ -118,8 +119,16 @@ def test_the_comparison_says_which_lambda_an_adaptive_run_used_and_why():
     per_class = {**weak, "lambda": 0.16, "agreement": 0.16, "evidence": {**evidence, "classes": classes}}
     note = weight_note(per_class)
     assert note.startswith("λ 0.16 (mean over the training images) = 1 × mean class weight 0.16: ")
-    assert "1 of 2 classes earned weight (six 0.40)" in note and "30% of 48 labeled train images" in note
+    assert "1 of the 2 teacher classes your labeled images fell in earned weight (six 0.40)" in note
+    assert "30% of 48 labeled train images" in note
     assert "none of its classes" in weight_note({**per_class, "lambda": 0.0, "agreement": 0.0})
+    # a run from before the weight was set per teacher class (no rule recorded) is compared apart
+    today = {**per_class, "rule": "per teacher class, cross-fitted"}
+    mixed = [record_from_job(job(i, "weak", w)) for i, w in enumerate((weak, today, today))]
+    earlier, now = sorted(compare(mixed).groups, key=lambda g: len(g.runs))
+    assert len(now.runs) == 2 and now.name == "scd ← weak, adaptive λ"
+    assert len(earlier.runs) == 1 and earlier.name == "scd ← weak, adaptive λ (one per teacher, earlier rule)"
+    assert earlier.weight_note.startswith("λ 0.05 = 1 × agreement 0.05: ")
     # k-fold runs each measure their own weight: a range, and whose note is shown
     folds = [record_from_job(job(i, "weak", {**weak, "lambda": lam})) for i, lam in enumerate((0.03, 0.06))]
     folds = [replace(r, fold=i) for i, r in enumerate(folds)]
@@ -216,17 +225,45 @@ def test_the_teacher_term_counts_each_image_by_its_weight():
     from scd_core.distill.losses import TeacherContext
 
     context = TeacherContext([f"t{i}" for i in range(5)], ["a", "b", "c"], cost=plan, plan=plan)
-    for method in ("scd", "translate", "rkd"):
+    for method in ("scd", "translate", "rkd", "kd"):
         loss = make_loss(method)
-        loss.prepare(context, torch.device("cpu"))
-        plain = loss.teacher_term(batch)
-        assert torch.allclose(loss.teacher_term(replace(batch, teacher_weight=torch.ones(4))), plain)
-        assert float(loss.teacher_term(replace(batch, teacher_weight=torch.zeros(4)))) == 0.0
-        if method != "rkd":  # per image: weights (1, 0, 0, 0) keep the first image's term alone, over 4
-            first = loss.teacher_term(replace(batch, teacher_weight=torch.tensor([1.0, 0, 0, 0])))
-            one = Batch(student_logits=batch.student_logits[:1], labels=batch.labels[:1],
-                        teacher_logits=batch.teacher_logits[:1])
+        loss.prepare(context if method != "kd" else replace(context, teacher_labels=["c", "a", "b"]),
+                     torch.device("cpu"))
+        b = batch if method != "kd" else replace(batch, teacher_logits=batch.teacher_logits[:, :3])
+        plain = loss.teacher_term(b)
+        assert torch.allclose(loss.teacher_term(replace(b, teacher_weight=torch.ones(4))), plain)
+        assert float(loss.teacher_term(replace(b, teacher_weight=torch.zeros(4)))) == 0.0
+        first = loss.teacher_term(replace(b, teacher_weight=torch.tensor([1.0, 0, 0, 0])))
+        if method == "rkd":  # relational: scaled by the weights' batch mean
+            assert torch.allclose(first, plain / 4)
+        else:  # per image: weights (1, 0, 0, 0) keep the first image's term alone, over 4
+            one = Batch(student_logits=b.student_logits[:1], labels=b.labels[:1], teacher_logits=b.teacher_logits[:1])
             assert torch.allclose(first, loss.teacher_term(one) / 4, atol=1e-6)
+    # without weights, kd's per-image KL averages to the batchmean KL of Hinton's form (fixed runs unchanged)
+    q = torch.softmax(batch.teacher_logits[:, :3] / 4.0, dim=1)
+    hinton = torch.nn.functional.kl_div(torch.log_softmax(batch.student_logits / 4.0, dim=1), q,
+                                        reduction="batchmean") * 16.0
+    assert torch.allclose(_kl_rows(q, batch.student_logits, 4.0).mean(), hinton)
+
+
+def test_a_useless_teacher_with_many_classes_collects_almost_no_weight():
+    """1000 teacher classes, 10 target classes of 5 labeled images, outputs that ignore the labels: a class
+    that one or two labeled images fall in can be right by luck and earn up to about 0.2, but such classes
+    cover few images, so the mean weight over a fresh pool stays near 0."""
+    from scd_core.distill.signal import class_weights, crossfit_judgements
+    from scd_core.outputs.streaming import TeacherOutputs
+
+    labels = np.repeat(np.arange(10), 5)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        head = (rng.normal(size=(1000, 64)) / 8).astype(np.float32)
+        features = rng.normal(size=(50, 64)).astype(np.float32)
+        outputs = TeacherOutputs.from_arrays(8 * features @ head.T, labels, features, num_target_classes=10,
+                                             head_weight=head)
+        weights, count = class_weights(outputs, crossfit_judgements(outputs, "prototype", temperature=4.0, seed=seed))
+        pool_top = (rng.normal(size=(500, 64)).astype(np.float32) @ head.T).argmax(axis=1)
+        assert count.sum() == 50 and weights[count == 0].max() == 0.0
+        assert weights[pool_top].mean() < 0.01, (seed, weights.max())
 
 
 def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_a_good_one(tmp_path):
@@ -245,7 +282,7 @@ def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_
     classes = {"red": 12, "green": 12, "blue": 12}
     splits = {"train": classes, "val": {c: 3 for c in classes}}
     folder = write_image_folder(tmp_path / "target", classes, size=16, splits=splits)
-    target = load_target(folder)
+    target = coloured = load_target(folder)
     rows = [(f"{split}/{colour}/{i:03d}.png", "abc"[i % 3], split)  # every label holds every colour alike
             for split, counts in splits.items() for colour, count in counts.items() for i in range(count)]
     colourless = load_target(write_csv(folder / "colourless.csv", rows, header=("path", "label", "split")))
@@ -266,20 +303,30 @@ def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_
     outputs = train_outputs(teachers["untrained"], target, "cpu")  # on the colour labels: one class earns weight
     splits_colour, _ = class_weights(outputs, crossfit_judgements(outputs, "prototype", temperature=4.0))
     assert sorted(splits_colour > 0.3) == [False, False, True], splits_colour
-    target = colourless
 
-    # the run records the weight it used: lambda times the mean class weight over the training images
-    config = DistillConfig(method="scd", weighting="adaptive", student="test_resnet", epochs=1, batch_size=12,
-                           image_size=16, device="cpu")
-    run = distill(target, teachers["untrained"], config, run_dir=tmp_path / "adaptive")
-    assert run.teacher_weight["weighting"] == "adaptive"
-    assert run.teacher_weight["lambda"] == pytest.approx(run.teacher_weight["agreement"])
-    if run.teacher_weight["lambda"] == 0.0:  # no weight earned: the run is exactly ce (same init, same batches)
-        ce = distill(target, None, replace(config, method="ce"), run_dir=tmp_path / "ce")
-        assert run.teacher_weight["trained_as"] == "ce"
-        assert [h["train_loss"] for h in run.history] == [h["train_loss"] for h in ce.history]
-    else:
-        assert run.teacher_weight["lambda"] <= 0.1
+    # no weight earned: the run is exactly ce (same init, same batches)
+    config = DistillConfig(method="scd", weighting="adaptive", weight=2.0, student="test_resnet", epochs=1,
+                           batch_size=12, image_size=16, device="cpu")
+    run = distill(colourless, teachers["untrained"], config, run_dir=tmp_path / "adaptive")
+    assert run.teacher_weight["weighting"] == "adaptive" and run.teacher_weight["lambda"] == 0.0
+    ce = distill(colourless, None, replace(config, method="ce"), run_dir=tmp_path / "ce")
+    assert run.teacher_weight["trained_as"] == "ce"
+    assert [h["train_loss"] for h in run.history] == [h["train_loss"] for h in ce.history]
+    # every class of the good teacher earned the same weight w, so adaptive must train as fixed lambda = 2 w:
+    # it does only if each image's weight reaches the loss (the run records lambda = base x pool mean)
+    w = float(weights["good"][0])
+    assert np.ptp(weights["good"]) == 0.0
+    good = distill(coloured, teachers["good"], config, run_dir=tmp_path / "good-adaptive")
+    assert good.teacher_weight["agreement"] == pytest.approx(w)
+    assert good.teacher_weight["lambda"] == pytest.approx(2 * w)
+    assert set(good.teacher_weight["evidence"]["classes"]) == {"red", "green", "blue"}
+    fixed = distill(coloured, teachers["good"], replace(config, weighting="fixed", weight=2 * w),
+                    run_dir=tmp_path / "good-fixed")
+    assert [h["train_loss"] for h in good.history] == pytest.approx([h["train_loss"] for h in fixed.history],
+                                                                    rel=1e-5)
+    other = distill(coloured, teachers["good"], replace(config, weighting="fixed"), run_dir=tmp_path / "good-2")
+    assert [h["train_loss"] for h in other.history] != pytest.approx([h["train_loss"] for h in good.history],
+                                                                     rel=1e-5)
 
 
 def test_a_tie_has_no_best():

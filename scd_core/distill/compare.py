@@ -57,11 +57,24 @@ class RunRecord:
     teacher_weight: dict = field(default_factory=dict)  # the lambda the run used and how it was set
 
 
+EARLIER_ADAPTIVE = "adaptive, one per teacher"
+"""The weighting of a finished run whose adaptive weight used the earlier rule (one weight per teacher, no
+``rule`` recorded): compared apart from today's adaptive runs, which weigh each teacher class."""
+
+
 def run_name(method: str, teacher: str | None, weighting: str = "fixed") -> str:
     """``scd ← teacher`` (``, adaptive λ`` when adaptive), or ``ce (no teacher)``."""
     if not teacher:
         return f"{method} (no teacher)"
-    return f"{method} ← {teacher}" + (", adaptive λ" if weighting == "adaptive" else "")
+    suffix = {"adaptive": ", adaptive λ", EARLIER_ADAPTIVE: ", adaptive λ (one per teacher, earlier rule)"}
+    return f"{method} ← {teacher}" + suffix.get(weighting, "")
+
+
+def _weighting(meta: Mapping, config: Mapping, teacher_weight: Mapping) -> str:
+    weighting = str(meta.get("weighting") or config.get("weighting") or "fixed")
+    if weighting == "adaptive" and teacher_weight.get("weighting") == "adaptive" and "rule" not in teacher_weight:
+        return EARLIER_ADAPTIVE  # recorded before the weight was set per teacher class
+    return weighting
 
 
 def run_label(run: RunRecord) -> str:
@@ -80,7 +93,8 @@ def record_from_job(job: Mapping) -> RunRecord:
         teacher=meta.get("teacher") or result.get("teacher"), seed=int(meta.get("seed", config.get("seed", 0)) or 0),
         status=str(job.get("status") or result.get("status") or ""),
         val_acc=finite_or_none(result.get("val_acc")), test_acc=finite_or_none(result.get("test_acc")),
-        n_val=int(meta.get("n_val") or 0), weighting=str(meta.get("weighting") or config.get("weighting") or "fixed"),
+        n_val=int(meta.get("n_val") or 0),
+        weighting=_weighting(meta, config, result.get("teacher_weight") or {}),
         started=float(job.get("started") or job.get("created") or 0.0),
         setting=tuple(meta.get(k) for k in ("target_fp", "student", "epochs", "folds")), fold=meta.get("fold"),
         teacher_weight=dict(result.get("teacher_weight") or {}),
@@ -126,8 +140,8 @@ def weight_note(teacher_weight: dict) -> str | None:
         top = ", ".join(f"{name} {format_lambda(w)}" for w, name in used[:3]) + (", ..." if len(used) > 3 else "")
         return (f"λ {format_lambda(lam)} (mean over the training images) = {base:g} × mean class weight "
                 f"{format_lambda(lam / base)}: {seen}. Each image counts by the teacher class it predicts, weighted "
-                f"by how far the 95% lower bound of that class's matches lies above chance; {len(used)} of "
-                f"{len(classes)} classes earned weight ({top}).")
+                f"by how far the 95% lower bound of that class's matches lies above chance; {len(used)} of the "
+                f"{len(classes)} teacher classes your labeled images fell in earned weight ({top}).")
     if lam == 0.0:
         return f"λ 0: {seen}, not beyond chance with 95% confidence, so the run trained as ce."
     return (f"λ {format_lambda(lam)} = {base:g} × agreement {format_lambda(lam / base)}: {seen}; the agreement "

@@ -16,6 +16,10 @@ With :math:`p^T_t(x) = \mathrm{softmax}(t(x)/T)` over the teacher's :math:`K_t` 
   to :math:`p^T_s` is the Sinkhorn dual potential :math:`g` (no backpropagation through iterations).
 - ``translate``: CE + :math:`\lambda T^2 \mathrm{KL}(p^T_t R \| p^T_s)`, :math:`R` the row-normalised
   dataset plan :math:`G` (teacher classes carried into the target label space).
+
+With the adaptive teacher weight (:mod:`scd_core.distill.signal`) :math:`\lambda` becomes per image,
+:math:`\lambda(x) = \lambda w(x)`: the per-image terms are averaged with the weights ``Batch.teacher_weight``
+(``rkd``, relational, is scaled by their batch mean), and the logged teacher term is that weighted mean.
 """
 
 from __future__ import annotations

@@ -21,14 +21,21 @@ a chance-corrected precision (Cohen's kappa; :math:`p_{e,i}` the mean label shar
 the class's transported predictions, :math:`1/K_s` for balanced classes) that each teacher class has to
 earn with evidence. A class no labeled image fell in gets 0, and a teacher none of whose classes does
 better than chance trains as ``ce``. The lambda a run reports is the mean of :math:`\lambda(x)` over the
-training pool.
+training pool (the pool mean; batches draw labeled and unlabeled images half and half, so the average
+over batches can differ when the two predict different teacher classes).
+
+Many teacher classes, few labeled images: a class that one or two labeled images fall in can earn up to
+about 0.2 by luck, but it covers few images. A 1000-class teacher of label-free outputs on 5-10 labeled
+images per target class gets a pool mean of at most 0.003 (20 draws; ``tests/test_compare.py``).
 
 Why per teacher class: a teacher can be reliable on some of its classes and not on others (a teacher of
 other digits maps one of its classes cleanly onto a target digit and guesses for the rest), and one
 weight per teacher has to average the two, so it hands a weak teacher's guesses the same weight as its
-good classes. On the demo worlds one weight per teacher left ``scd`` from the worst teacher 2.2 points
-under ``ce``; per class it ends 0.4 above (see the README's distillation section, and
-``benchmarks/experiments/`` for the rules tried).
+good classes. On the digits demo world one weight per teacher left ``scd`` from ``other_digits`` (right
+on 30% of the labeled images, chance 17%) 2.2 points under ``ce``; per class none of its classes earns
+more than 0.01 and it ends 0.4 above. The price is caution: the worst demo teacher is now shapes
+``colour_only`` at -1.1, and the best teachers keep about 0.65 of lambda (see the README's distillation
+section, and ``benchmarks/experiments/`` for the rules tried).
 
 Why cross-fitted: the cost (class prototypes, or the joint) is itself fitted to the labeled images, and
 fitted to a few dozen it also fits their noise: the class means of pure-noise features classify their own
@@ -41,6 +48,7 @@ the cautious side (a near-perfect teacher gets about 0.65-0.7 with 8 images per 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +70,9 @@ class TeacherSignal:
 
     logits: torch.Tensor  # (N_pool, K_t) float32
     features: torch.Tensor | None  # (N_pool, d_t) when the loss needs features
-    weight: dict = field(default_factory=dict)  # {"weighting", "base", "agreement", "lambda", ...}
+    # {"weighting", "base", "agreement", "lambda", ...}; with "adaptive", "agreement" is the pool-mean class
+    # weight (lambda / base) and evidence["agreement"] the teacher-wide chance-corrected bound, for reference
+    weight: dict = field(default_factory=dict)
     row_weight: torch.Tensor | None = None  # (N_pool,) per-image factor of lambda (adaptive), else None
 
 
@@ -266,9 +276,11 @@ def teacher_signal(spec: TeacherSpec, target: TargetSet, data: TrainData, loss_f
         if mean == 0.0:
             loss_fn.weight = 0.0  # no teacher class earned weight: the run trains as ce
         names = list(spec.label_names)
+        repeated = {name for name, times in Counter(names).items() if times > 1}  # ImageNet repeats a few
+        # the classes that labeled images fell in, by name (with the index where a name repeats)
         evidence = {**_agreement(judgements, outputs),
-                    "classes": {names[i]: {"weight": float(per_class[i]), "n": int(count[i])}
-                                for i in np.flatnonzero(count)}}
+                    "classes": {(f"{names[i]} #{i}" if names[i] in repeated else names[i]):
+                                {"weight": float(per_class[i]), "n": int(count[i])} for i in np.flatnonzero(count)}}
         weight.update(rule=ADAPTIVE_RULE, agreement=mean, evidence=evidence, **{"lambda": base * mean})
     return TeacherSignal(
         logits=logits,
