@@ -17,6 +17,7 @@ from scd_core.distill.compare import (
     compare,
     default_seed_count,
     estimate_run_seconds,
+    format_lambda,
     job_record,
     kfold_targets,
     lambda_cell,
@@ -281,6 +282,19 @@ def _comparison(jobs: list[JobSnapshot]) -> None:
     for g in comparison.groups:
         if g.weight_note:
             st.caption(f"**{g.name}**: {g.weight_note}")
+    weighted = [g for g in comparison.groups if g.class_weights]
+    if weighted:
+        with st.expander("Teacher weight per teacher class"):
+            st.caption("Each training image's teacher term counts with λ × the weight of the teacher class the "
+                       "teacher predicts for it: the 95% lower bound of how often that class's labeled images were "
+                       "mapped to their label, above chance (0: not shown to beat chance). Teacher classes no "
+                       "labeled image fell in weigh 0.")
+            for g in weighted:
+                table = pd.DataFrame(g.class_weights)
+                table["weight"] = table["weight"].map(format_lambda)
+                table["training images"] = table["training images"].map(lambda v: "—" if v is None else int(v))
+                st.markdown(f"**{g.name}**")
+                st.dataframe(table, width="stretch", hide_index=True, key=f"dist_class_weights_{g.name}")
     if comparison.test_note:
         st.caption(comparison.test_note)
     base = comparison.baseline

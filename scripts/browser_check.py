@@ -368,6 +368,10 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(1)
             d.idle()
             d.shot("11_distill_done", "finished: curves, comparison with ce, history, download")
+            page.get_by_text("Teacher weight per teacher class", exact=True).click()
+            d.idle()
+            page.get_by_text("Teacher weight per teacher class", exact=True).scroll_into_view_if_needed()
+            d.shot("11a_distill_class_weights", "the adaptive weight per teacher class behind the lambda column")
             d.tall_shot("11b_distill_history", "the whole page down to the run history: the target by its name, a "
                                                "dash for what was not measured")
             page.reload(wait_until="domcontentloaded")

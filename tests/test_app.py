@@ -154,6 +154,11 @@ def test_demo_flow_end_to_end():
     assert compared.loc[compared["teacher · method"].str.startswith("ce"), "teacher λ"].iloc[0] == "—"
     note = next(c.value for c in at.caption if c.value.startswith("**scd ← near_identical, adaptive λ**: "))
     assert note.split(": ", 1)[1].startswith(f"λ {scd_row['teacher λ']}") and "labeled train images" in note
+    # and the weight per teacher class behind it: every class labeled images fell in, with its evidence
+    per_class = next(df.value for df in at.dataframe if "teacher class" in df.value.columns)
+    assert list(per_class.columns) == ["teacher class", "labeled images", "training images", "weight"]
+    judged = int(re.search(r"of (\d+) labeled train images", note).group(1))
+    assert per_class["labeled images"].sum() == judged and len(per_class) >= 1
     history = at.dataframe[-1].value
     assert sorted(history["status"]) == ["finished", "finished"]
     assert any("validation accuracy" in spec for spec in plotly_specs(at))  # training curves

@@ -12,6 +12,7 @@ from scd_core import ScdError
 from scd_core.distill.compare import (
     NO_TEST_NOTE,
     RunRecord,
+    class_weight_rows,
     compare,
     difference,
     kfold_targets,
@@ -129,6 +130,11 @@ def test_the_comparison_says_which_lambda_an_adaptive_run_used_and_why():
     assert len(now.runs) == 2 and now.name == "scd ← weak, adaptive λ"
     assert len(earlier.runs) == 1 and earlier.name == "scd ← weak, adaptive λ (one per teacher, earlier rule)"
     assert earlier.weight_note.startswith("λ 0.05 = 1 × agreement 0.05: ")
+    # the table behind the note: highest weight first; nothing for the earlier rule or a fixed weight
+    assert [r["teacher class"] for r in now.class_weights] == ["six", "seven"] and earlier.class_weights == []
+    assert now.class_weights[0] == {"teacher class": "six", "labeled images": 20, "training images": None,
+                                    "weight": 0.4}
+    assert class_weight_rows({"weighting": "fixed", "base": 1.0, "lambda": 1.0}) == []
     # k-fold runs each measure their own weight: a range, and whose note is shown
     folds = [record_from_job(job(i, "weak", {**weak, "lambda": lam})) for i, lam in enumerate((0.03, 0.06))]
     folds = [replace(r, fold=i) for i, r in enumerate(folds)]
@@ -319,7 +325,9 @@ def test_the_adaptive_weight_is_near_zero_for_an_untrained_teacher_and_high_for_
     good = distill(coloured, teachers["good"], config, run_dir=tmp_path / "good-adaptive")
     assert good.teacher_weight["agreement"] == pytest.approx(w)
     assert good.teacher_weight["lambda"] == pytest.approx(2 * w)
-    assert set(good.teacher_weight["evidence"]["classes"]) == {"red", "green", "blue"}
+    evidence = good.teacher_weight["evidence"]
+    assert set(evidence["classes"]) == {"red", "green", "blue"}
+    assert sum(c["pool"] for c in evidence["classes"].values()) + evidence["pool_unjudged"] == 36  # every image
     fixed = distill(coloured, teachers["good"], replace(config, weighting="fixed", weight=2 * w),
                     run_dir=tmp_path / "good-fixed")
     assert [h["train_loss"] for h in good.history] == pytest.approx([h["train_loss"] for h in fixed.history],

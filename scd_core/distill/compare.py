@@ -183,6 +183,7 @@ class GroupSummary:
     runs: list[str] = field(default_factory=list)  # run labels
     lambdas: list[float] = field(default_factory=list)  # teacher weight used, one per distinct value
     weight_note: str | None = None  # how an adaptive lambda was set (one run's; folds may differ)
+    class_weights: list[dict] = field(default_factory=list)  # the weight per teacher class (one run's)
     vs_ce: Difference | None = None
     best: bool = False
 
@@ -234,6 +235,16 @@ def difference(a: Sequence[float], b: Sequence[float], n_val: int, confidence: f
     return Difference(diff, low, high, source, within, label)
 
 
+def class_weight_rows(teacher_weight: dict) -> list[dict]:
+    """The weight per teacher class an adaptive run recorded, one row per class that labeled images fell in,
+    highest weight first: the class, the labeled images that judged it, the training images it weighs and
+    its weight. Empty for a fixed weight or a run recorded before the weight was set per class."""
+    classes = ((teacher_weight or {}).get("evidence") or {}).get("classes") or {}
+    rows = [{"teacher class": name, "labeled images": int(c.get("n", 0)), "training images": c.get("pool"),
+             "weight": float(c.get("weight", 0.0))} for name, c in classes.items()]
+    return sorted(rows, key=lambda r: (-r["weight"], -r["labeled images"], r["teacher class"]))
+
+
 def _group_weight_note(members: Sequence[RunRecord], lambdas: Sequence[float]) -> str | None:
     """The weight note of a group: its runs share one lambda over seeds; k-fold runs each fit their own."""
     notes = {r.fold: note for r in sorted(members, key=lambda r: (r.fold is None, r.fold or 0))
@@ -274,6 +285,8 @@ def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: 
             test_mean=float(test.mean()) if test.size else None, test_std=_std(test),
             runs=[run_label(r) for r in sorted(members, key=lambda r: r.started)],
             lambdas=lambdas, weight_note=_group_weight_note(members, lambdas),
+            class_weights=next((rows for r in sorted(members, key=lambda r: (r.fold is None, r.fold or 0, r.started))
+                                if (rows := class_weight_rows(r.teacher_weight))), []),
         ))
     ce = next((g for g in summaries if g.method == "ce"), None)
     if ce is not None:

@@ -277,10 +277,13 @@ def teacher_signal(spec: TeacherSpec, target: TargetSet, data: TrainData, loss_f
             loss_fn.weight = 0.0  # no teacher class earned weight: the run trains as ce
         names = list(spec.label_names)
         repeated = {name for name, times in Counter(names).items() if times > 1}  # ImageNet repeats a few
-        # the classes that labeled images fell in, by name (with the index where a name repeats)
-        evidence = {**_agreement(judgements, outputs),
+        pool = torch.bincount(logits.argmax(dim=1), minlength=len(names)).cpu().numpy()
+        # the classes that labeled images fell in, by name (with the index where a name repeats), with how many
+        # labeled images judged each and how many training images each one weighs
+        evidence = {**_agreement(judgements, outputs), "pool_unjudged": int(pool[count == 0].sum()),
                     "classes": {(f"{names[i]} #{i}" if names[i] in repeated else names[i]):
-                                {"weight": float(per_class[i]), "n": int(count[i])} for i in np.flatnonzero(count)}}
+                                {"weight": float(per_class[i]), "n": int(count[i]), "pool": int(pool[i])}
+                                for i in np.flatnonzero(count)}}
         weight.update(rule=ADAPTIVE_RULE, agreement=mean, evidence=evidence, **{"lambda": base * mean})
     return TeacherSignal(
         logits=logits,
