@@ -17,14 +17,13 @@ from scd_core.assess.relatedness import repository_relatedness
 from scd_core.data.targets import SPLITS, TargetSet
 from scd_core.demo.worlds import WORLDS, world_description
 from scd_core.runtime.session import load_uploaded_target, server_paths_allowed
-from scd_core.sources import parse_source, split_demo
+from scd_core.sources import parse_source
 
 DEMO, UPLOAD, FOLDER = "Demo world", "Upload a .zip", "Server folder"
 
 
 def _choose_demo(current: str) -> None:
-    kind, value = parse_source(current)
-    world_now = split_demo(value)[0] if kind == "demo" else ui.default_world()
+    world_now = ui.demo_world_of(current) or ui.default_world()
     world = st.selectbox("Demo world", WORLDS, index=WORLDS.index(world_now) if world_now in WORLDS else 0,
                          key="w_demo_world", help="Built-in worlds with known good and bad teachers.")
     if current != ui.demo_spec(world):

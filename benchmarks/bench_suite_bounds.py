@@ -85,12 +85,11 @@ def collect(names: list[str], seeds: int) -> dict:
             adaptive = float(np.mean(per_seed))
             fixed = [json.loads(f.read_text())["accuracy"] for s in range(common)
                      if (f := root / "students" / f"{t}-seed{s}.json").is_file()]
+            fixed_mean = float(np.mean(fixed)) if len(fixed) == common else None
             rows[t] = {"adaptive": adaptive, "lambda": float(np.mean([r["lambda"] or 0.0 for r in runs[t][:common]])),
-                       "fixed": float(np.mean(fixed)) if len(fixed) == common else None,
-                       "adaptive_minus_ce_points": 100 * (adaptive - ce),
-                       "interval_points": [100 * x for x in paired_interval(per_seed, ce_runs)]}
-        for row in rows.values():
-            row["fixed_minus_ce_points"] = None if row["fixed"] is None else 100 * (row["fixed"] - ce)
+                       "fixed": fixed_mean, "adaptive_minus_ce_points": 100 * (adaptive - ce),
+                       "interval_points": [100 * x for x in paired_interval(per_seed, ce_runs)],
+                       "fixed_minus_ce_points": None if fixed_mean is None else 100 * (fixed_mean - ce)}
         worst = min(rows, key=lambda t: rows[t]["adaptive_minus_ce_points"])
         best = max(rows, key=lambda t: rows[t]["adaptive"])
         worlds[name] = {"seeds": common, "ce": ce, "teachers": rows, "worst": worst,

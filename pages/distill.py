@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import datetime
@@ -27,7 +26,7 @@ from scd_core.distill.config import WEIGHTINGS
 from scd_core.distill.losses import METHODS, method_refusal
 from scd_core.distill.trainer import DEFAULT_STUDENT, DistillConfig
 from scd_core.runtime.jobs import JobSnapshot, JobStatus, submit_distill
-from scd_core.runtime.session import session_dir, zip_folder
+from scd_core.runtime.session import session_dir, upload_stem, zip_folder
 from scd_core.utils import slug
 from scd_core.viz.figures import run_comparison, training_curves
 
@@ -59,8 +58,9 @@ sid = ui.session_id()
 
 # Methods that cannot use any teacher of this repository are not offered (the engine's rule: kd needs the
 # teacher's label space to equal the target's); the ones that fit some teachers are checked at submit.
-usable = {m: [n for n in repo.names if method_refusal(m, repo.get(n).label_names, target.class_names) is None]
-          for m in METHODS}
+refusals = {(m, n): method_refusal(m, repo.get(n).label_names, target.class_names) for m in METHODS
+            for n in repo.names}
+usable = {m: [n for n in repo.names if refusals[(m, n)] is None] for m in METHODS}
 method_options = [m for m in METHODS if m == "ce" or usable[m]]
 ui.valid_choice("w_dist_methods", method_options, multi=True)
 ui.valid_choice("w_dist_student", STUDENTS)
@@ -103,7 +103,7 @@ with st.form("distill_form"):
         seeds = st.number_input("Seeds per run", 1, 10, key="w_dist_seeds", **ui.PERSIST,
                                 help="Each (teacher, method) is trained once per seed; the comparison shows the mean "
                                      "± std over seeds and an interval for the difference from ce.")
-        per_run = f"{estimate.seconds:.0f}" if estimate.seconds >= 10 else f"{estimate.seconds:.1f}"
+        per_run = estimate.seconds_text
         planned_folds = int(st.session_state.get("w_dist_folds") or 0)
         planned_folds = planned_folds if planned_folds >= 2 else 1
         st.caption(f"About {per_run} s per run (estimate from {estimate.basis}); "
@@ -137,8 +137,7 @@ if start:
         st.error("Choose at least one method.")
     elif any(m != "ce" for m in methods) and not teachers:
         st.error("Choose at least one teacher (or only the ce method).")
-    elif refused := [(m, t, why) for m in methods if m != "ce" for t in teachers
-                     if (why := method_refusal(m, repo.get(t).label_names, target.class_names))]:
+    elif refused := [(m, t, why) for m in methods if m != "ce" for t in teachers if (why := refusals.get((m, t)))]:
         st.error("Nothing was started: " + "; ".join(f"**{m} ← {t}**: {why}" for m, t, why in refused),
                  icon=":material/block:")
     else:
@@ -265,14 +264,9 @@ def _comparison(jobs: list[JobSnapshot]) -> None:
     if comparison.warnings and not k_folds:
         st.caption("Cross-validation is under **More options → Cross-validation folds** above.")
 
-    def pct(mean: float | None, std: float | None) -> str:
-        if mean is None:
-            return "—"
-        return f"{mean:.1%}" + (f" ± {std:.1%}" if std is not None else "")
-
     rows = [{
         "teacher · method": g.name + ("  (best)" if g.best else ""), "runs": g.n,
-        "val acc": pct(g.val_mean, g.val_std), "test acc": pct(g.test_mean, g.test_std),
+        "val acc": _accuracy(g.val_mean, g.val_std), "test acc": _accuracy(g.test_mean, g.test_std),
         "Δ val vs ce [95% interval]": (f"{g.vs_ce.value:+.1%} [{g.vs_ce.low:+.1%}, {g.vs_ce.high:+.1%}]"
                                        if g.vs_ce else ("baseline" if g.method == "ce" else "no ce run yet")),
         "verdict": g.vs_ce.label if g.vs_ce else "",
@@ -311,13 +305,14 @@ def target_shown(meta: dict) -> str:
     content hash that uploads carry (``flowers-3f2a9c1b0d4e`` -> ``flowers``)."""
     if meta.get("target_label"):
         return str(meta["target_label"])
-    name = str(meta.get("target") or "")
-    return re.sub(r"-[0-9a-f]{12}$", "", name) or "—"
+    return upload_stem(str(meta.get("target") or "")) or "—"
 
 
-def _accuracy(value) -> str:
-    """A run's accuracy for the history: a dash while running, after a failure or without a test split."""
-    return f"{value:.1%}" if isinstance(value, (int, float)) and value == value else "—"
+def _accuracy(value, std: float | None = None) -> str:
+    """An accuracy (± its std over runs): a dash while running, after a failure or without a test split."""
+    if not (isinstance(value, (int, float)) and value == value):
+        return "—"
+    return f"{value:.1%}" + (f" ± {std:.1%}" if std is not None else "")
 
 
 def _history(jobs: list[JobSnapshot]) -> None:

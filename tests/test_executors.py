@@ -13,6 +13,7 @@ import pytest
 
 from scd_core.errors import ScdError
 from scd_core.runtime.executors import LocalExecutor, get_executor
+from scd_core.runtime.jobs import _pid_alive
 from tests import executor_tasks
 
 
@@ -66,15 +67,6 @@ def test_a_page_running_as_main_is_not_executed_by_new_workers(tmp_path, monkeyp
     assert sys.modules["__main__"] is fake  # restored for the page's own thread
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (an exited one left unreaped, a zombie, counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_workers_leave_when_their_parent_is_killed(tmp_path):
     """A parent killed without shutting its pool down (SIGKILL, an OOM kill) must not leave workers
     training on: each worker watches its parent and exits once it is gone."""
@@ -93,13 +85,13 @@ def test_workers_leave_when_their_parent_is_killed(tmp_path):
         while not pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         worker = int(pid_file.read_text())
-        assert _running(worker)
+        assert _pid_alive(worker)
     finally:
         parent.kill()
         parent.wait()
     deadline = time.monotonic() + 15
-    while _running(worker) and time.monotonic() < deadline:
+    while _pid_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _running(worker):  # do not leave it behind either way
+    if _pid_alive(worker):  # do not leave it behind either way
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the worker outlived its killed parent by 15 s")

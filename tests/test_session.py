@@ -18,7 +18,9 @@ from scd_core.runtime.session import (
     load_uploaded_target,
     new_session_id,
     remove_session,
+    save_upload,
     session_dir,
+    upload_stem,
     zip_folder,
 )
 
@@ -127,3 +129,10 @@ def test_an_upload_reports_its_progress_with_growing_fractions(sid, tmp_path):
     again = []  # the same bytes again: already extracted, only the check reports
     load_uploaded_target(sid, "many.zip", data, progress=again.append)
     assert again[-1].fraction == 1.0 and "extract" not in {e.phase for e in again}
+
+
+def test_a_stored_upload_is_known_by_the_name_it_was_uploaded_under(sid):
+    stored = save_upload(sid, "pets.zip", b"PK\x05\x06" + bytes(18))
+    assert stored.name != "pets.zip" and upload_stem(stored.name) == upload_stem(stored.stem) == "pets"
+    assert upload_stem("flowers-v2") == "flowers-v2"
+    assert upload_stem("data-0123456789ab-copy") == "data-0123456789ab-copy"

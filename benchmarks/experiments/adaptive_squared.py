@@ -36,7 +36,7 @@ def main() -> None:
     if getattr(signal, "ADAPTIVE_RULE", None):  # the product's rule is now one weight per teacher class
         sys.exit("this experiment ran against the earlier rule (one adaptive weight per teacher); rerun it at "
                  "commit e06427a (git worktree add /tmp/e06427a e06427a)")
-    signal.crossfit_agreement = squared_agreement  # teacher_signal looks it up in the module at call time
+    signal.crossfit_agreement = squared_agreement  # at e06427a, teacher_signal looked it up at call time
     results = Path(__file__).resolve().parents[1] / "results"
     work = Path(tempfile.mkdtemp(prefix="adaptive-squared-"))
     common.RESULTS = bench_distill.RESULTS = work  # the bench's own tables stay as they are

@@ -93,7 +93,7 @@ def check_ranking_section(target, repo, ranking: Ranking) -> None:
     pool = len(target.split("train")) + len(target.split("unlabeled"))
     estimate = estimate_run_seconds([], pool, int(epochs))
     students = (int(top) + 1) * int(seeds)
-    each = f"{estimate.seconds:.0f}" if estimate.seconds >= 10 else f"{estimate.seconds:.1f}"
+    each = estimate.seconds_text
     st.caption(f"{students} students of about {each} s each (estimate from {estimate.basis}): "
                f"≈ {students * estimate.seconds / 60:.1f} min of worker time; it runs in the background.")
     if st.button("Check the ranking", key="w_validate_start", icon=":material/fact_check:"):

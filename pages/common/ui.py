@@ -48,6 +48,7 @@ from scd_core.runtime.session import (
     new_session_id,
     save_session_state,
     session_dir,
+    upload_stem,
 )
 
 APP_TITLE = "Selective cross-task distillation explorer"
@@ -333,14 +334,19 @@ def demo_world_ready(world: str, size: str | None = None) -> bool:
     return (world_dir(world, size or demo_size()) / MANIFEST_NAME).is_file()
 
 
-def _use_small_demo() -> None:
-    """Build-notice button: this session switches to the small demo worlds (built in seconds)."""
+def demo_world_of(spec: str) -> str | None:
+    """The demo world a target spec names (``demo:shapes`` -> ``shapes``), None for any other target."""
     from scd_core.sources import parse_source, split_demo
 
+    kind, value = parse_source(spec)
+    return split_demo(value)[0] if kind == "demo" else None
+
+
+def _use_small_demo() -> None:
+    """Build-notice button: this session switches to the small demo worlds (built in seconds)."""
     st.session_state["demo_size"] = "small"
-    kind, value = parse_source(target_spec())
-    if kind == "demo":
-        world = split_demo(value)[0]
+    world = demo_world_of(target_spec())
+    if world is not None:
         set_target(demo_spec(world), demo_label(world))
     sources = teacher_sources()
     if sources.demo:
@@ -488,6 +494,8 @@ def load_target_spec(spec: str):
         # the workspace size limit evicted the extracted files: extract again rather than serve a stale set
         _load_target_cached.clear()
         target = _load_target_cached(spec, extract, _stamp(path))
+    if extract and path.parent == session_dir(session_id(), "uploads", "targets"):
+        target.name = upload_stem(target.name)  # as when it was uploaded, not the stored file's hashed name
     return target
 
 
@@ -536,10 +544,7 @@ def require_target():
 
 def teacher_sources() -> TeacherSources:
     if "teacher_sources" not in st.session_state:
-        from scd_core.sources import parse_source, split_demo
-
-        kind, value = parse_source(target_spec())
-        world = split_demo(value)[0] if kind == "demo" else default_world()
+        world = demo_world_of(target_spec()) or default_world()
         st.session_state["teacher_sources"] = TeacherSources(demo=world, folders=configured_teacher_folders(),
                                                              demo_size=session_demo_size())
     return st.session_state["teacher_sources"]

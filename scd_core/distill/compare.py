@@ -87,17 +87,17 @@ def run_label(run: RunRecord) -> str:
 def record_from_job(job: Mapping) -> RunRecord:
     """A :class:`RunRecord` from a distillation job snapshot (its ``meta`` and its ``result``, if any)."""
     meta, result = job.get("meta") or {}, job.get("result") or {}
-    config = result.get("config") or {}
+    config, teacher_weight = result.get("config") or {}, dict(result.get("teacher_weight") or {})
     return RunRecord(
         run_id=str(job.get("id") or result.get("run_id") or ""), method=str(meta.get("method") or config.get("method")),
         teacher=meta.get("teacher") or result.get("teacher"), seed=int(meta.get("seed", config.get("seed", 0)) or 0),
         status=str(job.get("status") or result.get("status") or ""),
         val_acc=finite_or_none(result.get("val_acc")), test_acc=finite_or_none(result.get("test_acc")),
         n_val=int(meta.get("n_val") or 0),
-        weighting=_weighting(meta, config, result.get("teacher_weight") or {}),
+        weighting=_weighting(meta, config, teacher_weight),
         started=float(job.get("started") or job.get("created") or 0.0),
         setting=tuple(meta.get(k) for k in ("target_fp", "student", "epochs", "folds")), fold=meta.get("fold"),
-        teacher_weight=dict(result.get("teacher_weight") or {}),
+        teacher_weight=teacher_weight,
     )
 
 
@@ -246,9 +246,9 @@ def class_weight_rows(teacher_weight: dict) -> list[dict]:
 
 
 def _group_weight_note(members: Sequence[RunRecord], lambdas: Sequence[float]) -> str | None:
-    """The weight note of a group: its runs share one lambda over seeds; k-fold runs each fit their own."""
-    notes = {r.fold: note for r in sorted(members, key=lambda r: (r.fold is None, r.fold or 0))
-             if (note := weight_note(r.teacher_weight))}
+    """The weight note of a group (``members`` fold by fold): its runs share one lambda over seeds; k-fold
+    runs each fit their own."""
+    notes = {r.fold: note for r in members if (note := weight_note(r.teacher_weight))}
     if not notes:
         return None
     first_fold, first = next(iter(notes.items()))
@@ -279,14 +279,14 @@ def compare(runs: Iterable[RunRecord], *, n_val: int | None = None, confidence: 
         test = np.array([r.test_acc for r in members if r.test_acc is not None])
         lambdas = sorted({float(r.teacher_weight["lambda"]) for r in members
                           if r.teacher_weight.get("lambda") is not None})
+        by_fold = sorted(members, key=lambda r: (r.fold is None, r.fold or 0))  # a fold's weight stands for all
         summaries.append(GroupSummary(
             name=run_name(method, teacher, weighting), method=method, teacher=teacher, weighting=weighting,
             n=len(members), val_mean=float(val.mean()), val_std=_std(val),
             test_mean=float(test.mean()) if test.size else None, test_std=_std(test),
             runs=[run_label(r) for r in sorted(members, key=lambda r: r.started)],
-            lambdas=lambdas, weight_note=_group_weight_note(members, lambdas),
-            class_weights=next((rows for r in sorted(members, key=lambda r: (r.fold is None, r.fold or 0, r.started))
-                                if (rows := class_weight_rows(r.teacher_weight))), []),
+            lambdas=lambdas, weight_note=_group_weight_note(by_fold, lambdas),
+            class_weights=next((rows for r in by_fold if (rows := class_weight_rows(r.teacher_weight))), []),
         ))
     ce = next((g for g in summaries if g.method == "ce"), None)
     if ce is not None:
@@ -353,6 +353,11 @@ class RunEstimate:
 
     seconds: float
     basis: str  # "this session's runs" or "the benchmark machine"
+
+    @property
+    def seconds_text(self) -> str:
+        """The seconds for a caption: whole from 10 s up, one decimal below."""
+        return f"{self.seconds:.0f}" if self.seconds >= 10 else f"{self.seconds:.1f}"
 
 
 def estimate_run_seconds(past: Iterable[tuple[float, int, int]], images: int, epochs: int) -> RunEstimate:

@@ -95,21 +95,24 @@ def wilson_lower(hits: float | np.ndarray, n: int | np.ndarray, z: float = AGREE
 
 def _transported_guesses(outputs: TeacherOutputs, costs: np.ndarray, judge: np.ndarray,
                          temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    r"""Each image's transported prediction :math:`\hat y(x) = \arg\min_j (p^T_t(x) C_{f(x)})_j` and the
-    teacher's own top class :math:`\arg\max_k t_k(x)`, where ``costs`` is (F, K_t, K_s) and ``judge`` (N,)
-    gives each image's cost :math:`f(x)`. One streamed pass over the logits; the softmax is computed once
-    per row, whatever F."""
-    f, k_t, k_s = costs.shape
-    stacked = np.ascontiguousarray(np.asarray(costs, dtype=np.float64).transpose(1, 0, 2).reshape(k_t, f * k_s))
+    r"""Each image's transported predictions :math:`\hat y_r(x) = \arg\min_j (p^T_t(x) C_{r, f_r(x)})_j`, one
+    per judging :math:`r`, and the teacher's own top class :math:`\arg\max_k t_k(x)`, where ``costs`` is
+    (R, F, K_t, K_s) and ``judge`` (R, N) gives each image's cost :math:`f_r(x)` in judging :math:`r`.
+    One streamed pass over the logits: the softmax is computed once per row, whatever R and F."""
+    repeats, f, k_t, k_s = costs.shape
+    stacked = np.ascontiguousarray(np.asarray(costs, dtype=np.float64).transpose(0, 2, 1, 3).reshape(
+        repeats, k_t, f * k_s))
     n, step = outputs.num_samples, outputs.chunk_rows  # float64 here: about 128 MB a chunk
-    guess, top = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    guess, top = np.empty((repeats, n), dtype=np.int64), np.empty(n, dtype=np.int64)
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
         logits = outputs.logit_rows(rows).astype(np.float64)
         z = logits / temperature
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        guess[rows] = (p @ stacked).reshape(-1, f, k_s)[np.arange(z.shape[0]), judge[rows]].argmin(axis=1)
+        within = np.arange(z.shape[0])
+        for r in range(repeats):  # R small products per chunk: memory as for one judging
+            guess[r, rows] = (p @ stacked[r]).reshape(-1, f, k_s)[within, judge[r, rows]].argmin(axis=1)
         top[rows] = logits.argmax(axis=1)
     return guess, top
 
@@ -154,9 +157,9 @@ def _agreement(j: Judgements, outputs: TeacherOutputs) -> dict:
 
 
 def _in_sample(outputs: TeacherOutputs, cost: np.ndarray, temperature: float) -> Judgements:
-    guess, top = _transported_guesses(outputs, np.asarray(cost)[None], np.zeros(outputs.num_samples, dtype=np.int64),
-                                      temperature)
-    return Judgements(guess[None], top, "in sample")
+    guess, top = _transported_guesses(outputs, np.asarray(cost)[None, None],
+                                      np.zeros((1, outputs.num_samples), dtype=np.int64), temperature)
+    return Judgements(guess, top, "in sample")
 
 
 def label_agreement(outputs: TeacherOutputs, cost: np.ndarray, temperature: float = 1.0) -> dict:
@@ -197,18 +200,19 @@ def crossfit_judgements(outputs: TeacherOutputs, cost_name: str, temperature: fl
     if n < folds or k < 2:
         return _in_sample(outputs, cost_matrix(outputs, cost_name), temperature)
     rng = np.random.default_rng(seed)
-    guesses, top = np.empty((repeats, n), dtype=np.int64), np.empty(n, dtype=np.int64)
-    for r in range(repeats):
-        fold = _stratified_folds(outputs.labels, k, folds, rng)
-        costs = []
-        for f in range(folds):
-            fit = np.flatnonzero(fold != f)
-            fitted = TeacherOutputs.from_arrays(
-                np.asarray(outputs.logits[fit]), outputs.labels[fit], np.asarray(outputs.features[fit]),
-                num_target_classes=k, head_weight=outputs.head_weight, temperature=outputs.temperature)
-            costs.append(cost_matrix(fitted, cost_name))
-        guesses[r], top = _transported_guesses(outputs, np.stack(costs), fold, temperature)
+    splits = np.stack([_stratified_folds(outputs.labels, k, folds, rng) for _ in range(repeats)])  # (R, N)
+    costs = np.stack([[cost_matrix(_fitted_part(outputs, np.flatnonzero(fold != f)), cost_name) for f in range(folds)]
+                      for fold in splits])  # (R, F, K_t, K_s): each fold judged by the cost fitted on the others
+    guesses, top = _transported_guesses(outputs, costs, splits, temperature)
     return Judgements(guesses, top, f"{folds}-fold cross-fitted, {repeats} splits")
+
+
+def _fitted_part(outputs: TeacherOutputs, rows: np.ndarray) -> TeacherOutputs:
+    """The outputs of ``rows`` only, to fit a cost on."""
+    return TeacherOutputs.from_arrays(
+        np.asarray(outputs.logits[rows]), outputs.labels[rows], np.asarray(outputs.features[rows]),
+        num_target_classes=outputs.num_target_classes, head_weight=outputs.head_weight,
+        temperature=outputs.temperature)
 
 
 def crossfit_agreement(outputs: TeacherOutputs, cost_name: str, temperature: float = 1.0, folds: int = 2,
@@ -271,13 +275,14 @@ def teacher_signal(spec: TeacherSpec, target: TargetSet, data: TrainData, loss_f
     if cfg.weighting == "adaptive":
         judgements = crossfit_judgements(outputs, cfg.cost, cfg.temperature)
         per_class, count = class_weights(outputs, judgements)
-        row_weight = torch.as_tensor(per_class, dtype=torch.float32, device=device)[logits.argmax(dim=1)]
+        predicted = logits.argmax(dim=1)  # the teacher class of each training image
+        row_weight = torch.as_tensor(per_class, dtype=torch.float32, device=device)[predicted]
         mean = float(row_weight.mean()) if row_weight.numel() else 0.0
         if mean == 0.0:
             loss_fn.weight = 0.0  # no teacher class earned weight: the run trains as ce
         names = list(spec.label_names)
         repeated = {name for name, times in Counter(names).items() if times > 1}  # ImageNet repeats a few
-        pool = torch.bincount(logits.argmax(dim=1), minlength=len(names)).cpu().numpy()
+        pool = torch.bincount(predicted, minlength=len(names)).cpu().numpy()
         # the classes that labeled images fell in, by name (with the index where a name repeats), with how many
         # labeled images judged each and how many training images each one weighs
         evidence = {**_agreement(judgements, outputs), "pool_unjudged": int(pool[count == 0].sum()),

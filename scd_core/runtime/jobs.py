@@ -201,9 +201,10 @@ class Dispatcher:
             free = [s for s in self.slots if s.lane == lane and s.job_id is None]
             if not free:
                 continue
-            if lane == BACKGROUND and self._foreground_busy():
+            queued = self.store.queue(lane)
+            if lane == BACKGROUND and queued and self._foreground_busy():
                 continue  # background work waits for every user's queue to empty
-            for job, _ in self.store.queue(lane):
+            for job, _ in queued:
                 if not free:
                     break
                 if lane == "train" and self.store.running_count(lane, job.session) >= self.config.session_max_running:
@@ -223,7 +224,7 @@ class Dispatcher:
 
     def _foreground_busy(self) -> bool:
         """Whether any training or service job is queued or running (background jobs wait for that)."""
-        return any(self.store.running_count(lane) or self.store.queue(lane) for lane in ("service", "train"))
+        return self.store.any_active(("service", "train"))
 
     def _submit(self, slot: _Slot, job: JobSnapshot) -> None:
         slot.job_id, slot.killed_for_cancel, slot.cancel_seen = job.id, False, None

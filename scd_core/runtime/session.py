@@ -120,6 +120,16 @@ def _safe_name(name: str, default: str = "upload") -> str:
     return stem or default
 
 
+UPLOAD_HASH_DIGITS = 12  # the content hash that save_upload appends to a stored upload's name
+
+
+def upload_stem(name: str) -> str:
+    """The user's name of a stored upload: ``pets-3f2a9c1b0d4e`` (or ``pets-3f2a9c1b0d4e.zip``) -> ``pets``;
+    the inverse of :func:`save_upload`'s naming, any other name unchanged."""
+    stem = name[:-4] if name.lower().endswith(".zip") else name
+    return re.sub(rf"-[0-9a-f]{{{UPLOAD_HASH_DIGITS}}}$", "", stem)
+
+
 def save_upload(session_id: str, filename: str, data: bytes, kind: str = "targets",
                 error: type[ScdError] = ScdError) -> Path:
     """Keep an uploaded .zip in the session's folder, named by its content hash (same bytes, same file)."""
@@ -128,7 +138,7 @@ def save_upload(session_id: str, filename: str, data: bytes, kind: str = "target
     if not data:
         raise error(f"{filename}: the file is empty")
     folder = session_dir(session_id, "uploads", kind)
-    path = folder / f"{_safe_name(filename)}-{bytes_sha256(data)[:12]}.zip"
+    path = folder / f"{_safe_name(filename)}-{bytes_sha256(data)[:UPLOAD_HASH_DIGITS]}.zip"
     if not path.exists():
         tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)[1])
         try:

@@ -414,6 +414,13 @@ class JobStore:
             out.append((job, QueueSlot(i + 1, own, len(ahead) - own, other_running)))
         return out
 
+    def any_active(self, lanes: Iterable[str]) -> bool:
+        """Whether any job of ``lanes`` is queued, running or being cancelled (one indexed lookup)."""
+        lanes, states = list(lanes), [s.value for s in ACTIVE_STATES]
+        sql = (f"SELECT 1 FROM jobs WHERE lane IN ({','.join('?' * len(lanes))}) "
+               f"AND status IN ({','.join('?' * len(states))}) LIMIT 1")
+        return self._conn().execute(sql, [*lanes, *states]).fetchone() is not None
+
     def running_count(self, lane: str = "train", session: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM jobs WHERE lane=? AND status IN (?,?)"
         args: list[Any] = [lane, JobStatus.RUNNING.value, JobStatus.CANCELLING.value]
