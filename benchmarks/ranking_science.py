@@ -83,15 +83,23 @@ def agreement(scores: dict[str, float], acc: dict[str, float]) -> dict[str, floa
             "regret_points": float(100 * (a.max() - a[top])), "top": names[top]}
 
 
+def _interval95(samples: np.ndarray) -> list[float]:
+    """The 2.5th and 97.5th percentiles of bootstrap samples: a 95% percentile interval."""
+    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+
+
+def _top1_and_regret(rows: dict[str, dict[str, float]], worlds: list[str]) -> dict[str, float]:
+    """How often the metric's top teacher has the best student, and the accuracy points it loses on average."""
+    return {"top1_hit_rate": float(np.mean([rows[w]["top1_hit"] for w in worlds])),
+            "regret_points_mean": float(np.mean([rows[w]["regret_points"] for w in worlds]))}
+
+
 def summarise(rows: dict[str, dict[str, float]], worlds: list[str], boot: int, rng: np.random.Generator) -> dict:
+    """One metric over ``worlds``: mean weighted tau with a bootstrap interval over worlds, top-1 hits, regret."""
     wt = np.array([rows[w]["weighted_tau"] for w in worlds])
     idx = rng.integers(0, len(worlds), (boot, len(worlds)))
-    means = wt[idx].mean(axis=1)
-    return {"weighted_tau_mean": float(wt.mean()), "weighted_tau_ci95": [float(np.percentile(means, 2.5)),
-                                                                         float(np.percentile(means, 97.5))],
-            "top1_hit_rate": float(np.mean([rows[w]["top1_hit"] for w in worlds])),
-            "regret_points_mean": float(np.mean([rows[w]["regret_points"] for w in worlds])),
-            "per_world": {w: round(rows[w]["weighted_tau"], 3) for w in worlds}}
+    return {"weighted_tau_mean": float(wt.mean()), "weighted_tau_ci95": _interval95(wt[idx].mean(axis=1)),
+            **_top1_and_regret(rows, worlds), "per_world": {w: round(rows[w]["weighted_tau"], 3) for w in worlds}}
 
 
 def seed_ceiling(truth: dict, worlds: list[str]) -> float:
@@ -120,12 +128,9 @@ def untuned_everywhere(rows: dict[str, dict[str, dict]], worlds: list[str], boot
     out = {}
     for k in BASELINES:
         means, diff = wt[k][idx].mean(axis=1), (wt[k] - wt["scd"])[idx].mean(axis=1)
-        out[k] = {"weighted_tau_mean": float(wt[k].mean()),
-                  "weighted_tau_ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
-                  "minus_scd": float((wt[k] - wt["scd"]).mean()),
-                  "minus_scd_ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
-                  "top1_hit_rate": float(np.mean([rows[k][w]["top1_hit"] for w in worlds])),
-                  "regret_points_mean": float(np.mean([rows[k][w]["regret_points"] for w in worlds]))}
+        out[k] = {"weighted_tau_mean": float(wt[k].mean()), "weighted_tau_ci95": _interval95(means),
+                  "minus_scd": float((wt[k] - wt["scd"]).mean()), "minus_scd_ci95": _interval95(diff),
+                  **_top1_and_regret(rows[k], worlds)}
     return out
 
 
