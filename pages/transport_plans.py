@@ -99,8 +99,7 @@ PER_PAGE = 24
 pages = max(1, -(-len(options) // PER_PAGE))
 if pages > 1:
     ui.init_widget("w_plan_image_page", 1)
-    if not 1 <= st.session_state["w_plan_image_page"] <= pages:
-        st.session_state["w_plan_image_page"] = 1
+    ui.valid_range("w_plan_image_page", 1, pages)
     page_no = int(st.number_input(f"Page (of {pages}, {PER_PAGE} images each)", 1, pages, key="w_plan_image_page"))
 else:
     page_no = 1

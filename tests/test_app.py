@@ -598,3 +598,25 @@ def test_the_build_notice_gives_the_measured_time_and_offers_the_small_version(t
     at.switch_page("pages/teachers.py")
     clean(at.run())
     assert len(at.dataframe[0].value) == 7  # the small zoo of shapes
+
+
+def test_every_widget_kept_across_pages_is_also_restored_after_a_reload():
+    """A widget created with ``**ui.PERSIST`` keeps its value across page switches; a reload restores exactly
+    the widgets in ``ui.RESTORED_WIDGETS``. The two must name the same widgets, or a reload loses a form value."""
+    import ast
+
+    from pages.common import ui
+
+    persisted = set()
+    for path in [*Path("pages").glob("*.py"), *Path("pages/common").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            spread = [k.value for k in node.keywords if k.arg is None]
+            if any(isinstance(v, (ast.Attribute, ast.Name)) and getattr(v, "attr", getattr(v, "id", "")) == "PERSIST"
+                   for v in spread):
+                key = next(k.value for k in node.keywords if k.arg == "key")
+                assert isinstance(key, ast.Constant), f"{path}:{node.lineno}: a persisted widget needs a literal key"
+                persisted.add(key.value)
+    assert len(persisted) > 20  # the scan found the pages' widgets
+    assert persisted == set(ui.RESTORED_WIDGETS)

@@ -63,9 +63,12 @@ RESTORED_WIDGETS = (
     "w_dist_unlabeled",
     "w_rank_teachers", "w_rank_metrics", "w_rank_budget_on", "w_rank_budget", "w_rank_by",
     "w_plan_teacher", "w_plan_kind", "w_plan_cost", "w_plan_eps", "w_plan_order", "w_plan_class",
+    "w_plan_topk", "w_plan_image_class", "w_plan_image",
+    "w_validate_top", "w_validate_seeds", "w_validate_epochs",
 )
 """Form and choice widgets whose values are saved with the session, so a reload finds the forms as they were
-(the pages drop a restored value that is no longer among their options). Buttons and uploaders cannot be set."""
+(the pages drop a restored value that is no longer among their options, or clamp it into their range). Exactly
+the widgets created with ``**PERSIST`` (a test keeps the two in step). Buttons and uploaders cannot be set."""
 WIDGETS_KEY = "widgets"
 TOUCH_EVERY_S = 30.0
 
@@ -657,6 +660,12 @@ def valid_choice(key: str, options: Sequence[Any], multi: bool = False) -> None:
             st.session_state[key] = kept
     elif value not in options:
         del st.session_state[key]
+
+
+def valid_range(key: str, low: int, high: int) -> None:
+    """Clamp a remembered number into ``[low, high]`` (its widget's range may have changed since it was set)."""
+    if key in st.session_state:
+        st.session_state[key] = min(max(st.session_state[key], low), high)
 
 
 def remember_best_teacher(spec) -> None:
