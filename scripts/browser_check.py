@@ -15,7 +15,8 @@ temporary workspace (or ``--workspace``, to reuse an already built demo world), 
 real zip of PNG files -> a broken upload (error shown) -> back to the demo -> Teachers -> Ranking (rank,
 then budgeted, then Check the ranking as a background job) -> its "Next" link to Transport plans (plan and
 cost, drill-downs) -> its "Next" link to Distill (two tiny runs, a page switch while they run, finished
-curves and comparison). After every action it waits for
+curves and comparison) -> a reload, after which the Distill form, the ranking check's epochs and the
+plan page's picked image must be as they were. After every action it waits for
 ``[data-testid="stApp"][data-test-script-state="notRunning"]``. It fails (exit 1) when a page shows an
 exception box, and writes ``report.json`` (steps, timings, errors seen) beside the screenshots.
 
@@ -144,6 +145,24 @@ class Driver:
         self.page.get_by_text(text).first.wait_for(timeout=timeout * 1000)
 
 
+def open_app(pw, args: argparse.Namespace, base: str, out: Path):
+    """Chromium on the app's address, once the app has rendered: (browser, page, driver)."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+    page = browser.new_page(viewport={"width": 1500, "height": args.height})
+    d = Driver(page, out)
+    page.goto(base, wait_until="domcontentloaded")
+    page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+    d.idle()
+    return browser, page, d
+
+
+def selectbox_text(page, label: str) -> str:
+    """What a select box shows (its label excluded)."""
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True)).first
+    shown = box.inner_text().removeprefix(label) + " ".join(i.input_value() for i in box.locator("input").all())
+    return shown.strip()
+
+
 def start_server(port: int, env: dict, log) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
@@ -187,12 +206,7 @@ def run_runtime(args: argparse.Namespace) -> int:
     try:
         wait_health(base, proc)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1500, "height": args.height})
-            d = Driver(page, out)
-            page.goto(base, wait_until="domcontentloaded")
-            page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
-            d.idle()
+            browser, page, d = open_app(pw, args, base, out)
             d.wait_text("Images per class and split", timeout=args.build_timeout)
             d.idle()
             d.nav("Distill")
@@ -279,12 +293,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         wait_health(base, proc)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1500, "height": args.height})
-            d = Driver(page, out)
-            page.goto(base, wait_until="domcontentloaded")
-            page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
-            d.idle()
+            browser, page, d = open_app(pw, args, base, out)
             if page.get_by_text("Building the demo world").count():
                 time.sleep(3)
                 d.shot("00_demo_build", "first launch: the demo world builds with a progress bar")
@@ -340,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
             page.get_by_role("button", name="show").nth(1).click()  # pick another image from the grid
             d.idle()
             d.tall_shot("06b_plans_image", "one image picked from the thumbnail grid: its flow through the plan")
+            picked = selectbox_text(page, "Image")
             page.get_by_text("cost C", exact=True).click()
             d.idle()
             d.shot("07_plans_cost", "cost heatmap")
@@ -378,12 +388,23 @@ def run(args: argparse.Namespace) -> int:
             page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
             d.idle()
             d.wait_text("Start runs", timeout=120)
-            box = page.get_by_test_id("stSelectbox").filter(has_text="Student architecture").first
-            shown = box.inner_text() + " ".join(i.input_value() for i in box.locator("input").all())
-            restored = "test_resnet" in shown  # the student chosen above
+            restored = "test_resnet" in selectbox_text(page, "Student architecture")  # the student chosen above
             d.shot("12_distill_after_reload", "after a reload: the Distill form as it was submitted")
             if not restored:
                 d.steps[-1]["errors"].append("the Distill form was not restored after a reload (student)")
+            # the other pages' forms come back too: the ranking check's epochs and the plan page's image
+            d.nav("Ranking")
+            d.wait_text("Check the ranking", timeout=120)
+            epochs = page.get_by_label("Epochs", exact=True).input_value()
+            d.nav("Transport plans")
+            d.wait_text("Drill into one image", timeout=300)
+            again = selectbox_text(page, "Image")
+            d.tall_shot("12b_plans_after_reload", "after the reload: the image picked on the plan page is still picked")
+            if epochs != "1":
+                d.steps[-1]["errors"].append(f"the ranking check's epochs were not restored after a reload ({epochs})")
+            if not picked or picked != again:
+                d.steps[-1]["errors"].append(f"the plan page's image was not restored ({picked!r} -> {again!r})")
+            d.steps[-1]["note"] += f" ({again})"
             browser.close()
     finally:
         stop_server(proc)
