@@ -68,7 +68,7 @@ def student(task: tuple[str, str | None, int]) -> dict:
 
 
 def null_pairs(ce_runs: list[float], null_runs: list[float], seeds: int, most: int) -> list[dict]:
-    """Noise-only pairs: ce at seeds ``0..seeds-1`` against ``k``-th block of ``seeds`` other ce seeds, scored as a
+    """Noise-only pairs: ce at seeds ``0..seeds-1`` against the k-th block of ``seeds`` other ce seeds, scored as a
     teacher would be (mean difference and its paired interval), for as many full blocks as there are, at most
     ``most``."""
     import numpy as np

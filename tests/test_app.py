@@ -608,7 +608,8 @@ def test_every_widget_kept_across_pages_is_also_restored_after_a_reload():
     from pages.common import ui
 
     persisted = set()
-    for path in [*Path("pages").glob("*.py"), *Path("pages/common").glob("*.py")]:
+    pages = Path(__file__).resolve().parents[1] / "pages"
+    for path in [*pages.glob("*.py"), *(pages / "common").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if not isinstance(node, ast.Call):
                 continue
@@ -620,3 +621,16 @@ def test_every_widget_kept_across_pages_is_also_restored_after_a_reload():
                 persisted.add(key.value)
     assert len(persisted) > 20  # the scan found the pages' widgets
     assert persisted == set(ui.RESTORED_WIDGETS)
+
+
+@pytest.mark.parametrize(("kept", "shown"), [(99, "all"), ("junk", 4)])
+def test_a_kept_teacher_count_out_of_the_ranking_check_range_is_clamped_or_dropped(kept, shown):
+    """A reload or page switch can bring back a count from a ranking of more teachers (or a value that is no
+    number): the ranking check clamps it to this ranking's teachers (or drops it for the default)."""
+    at = clean(new_app().run())
+    at.session_state["w_validate_top"] = kept
+    ranked(at)
+    teachers = len(at.dataframe[0].value)
+    top = at.number_input(key="w_validate_top")
+    assert top.value == (teachers if shown == "all" else min(teachers, shown))
+    assert top.max == teachers

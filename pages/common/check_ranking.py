@@ -84,8 +84,8 @@ def check_ranking_section(target, repo, ranking: Ranking) -> None:
     names = ranking.names
     cols = st.columns(3)
     low, high = (2 if len(names) > 1 else 1), max(1, len(names))
-    ui.init_widget("w_validate_top", min(len(names), 4))
     ui.valid_range("w_validate_top", low, high)  # a value kept from a ranking of more teachers
+    ui.init_widget("w_validate_top", min(len(names), 4))
     top = cols[0].number_input("Teachers (from the top)", low, high, key="w_validate_top", **ui.PERSIST)
     ui.init_widget("w_validate_seeds", 1)
     seeds = cols[1].number_input("Seeds per student", 1, 5, key="w_validate_seeds", **ui.PERSIST)

@@ -663,9 +663,15 @@ def valid_choice(key: str, options: Sequence[Any], multi: bool = False) -> None:
 
 
 def valid_range(key: str, low: int, high: int) -> None:
-    """Clamp a remembered number into ``[low, high]`` (its widget's range may have changed since it was set)."""
-    if key in st.session_state:
-        st.session_state[key] = min(max(st.session_state[key], low), high)
+    """Clamp a remembered number into ``[low, high]`` (its widget's range may have changed since it was set);
+    drop one that is not a number."""
+    if key not in st.session_state:
+        return
+    value = st.session_state[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        del st.session_state[key]
+    else:
+        st.session_state[key] = min(max(value, low), high)
 
 
 def remember_best_teacher(spec) -> None:
