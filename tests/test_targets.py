@@ -105,6 +105,31 @@ def test_sixteen_bit_png_keeps_its_range(tmp_path):
     assert len(np.unique(px)) > 100
 
 
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0.0, 0.5, 1.0, float("nan")], [0, 128, 255, 0]),  # floats within 0..1: that range; NaN is black
+    ([-1.0, 1.0, float("inf"), float("-inf")], [0, 255, 255, 0]),  # stretched over the finite values
+    ([0.0, 300.0, 65535.0, 1000.0], [0, 1, 255, 4]),  # within 0..65535: the 16-bit range
+])
+def test_float_images_map_onto_0_to_255_with_non_finite_values_clamped(tmp_path, values, expected):
+    path = tmp_path / "f.tif"
+    Image.fromarray(np.array([values], dtype=np.float32)).save(path)
+    px = np.asarray(load_rgb(path))
+    assert px[0, :, 0].tolist() == expected and (px[..., 0] == px[..., 2]).all()
+
+
+def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    """Stored 20x10 with orientation 6 (the camera was turned): the user, and so the models, see it 10x20."""
+    img = Image.new("RGB", (20, 10), (200, 30, 30))
+    img.paste((30, 30, 200), (0, 0, 10, 10))  # the left half blue as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    img.save(path, exif=exif, quality=95)
+    px = np.asarray(load_rgb(path))
+    assert px.shape == (20, 10, 3)
+    assert px[2, 5, 2] > 150 and px[17, 5, 0] > 150  # rotated 90 degrees clockwise: blue on top, red below
+
+
 def test_animated_gif_uses_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
     path = tmp_path / "anim.gif"
@@ -603,3 +628,59 @@ def test_upload_errors_name_the_users_file_never_a_server_path(entries, expected
     message = str(err.value)
     assert re.search(expected, message), message
     assert str(workspace_dir()) not in message and "/uploads/" not in message and "/tmp" not in message
+
+
+# ---- unusual but plausible layouts: nothing is dropped without a word ----------------------------------
+
+
+def test_split_folders_differing_only_in_case_are_refused_not_dropped(tmp_path):
+    root = write_image_folder(tmp_path / "t", {"cat": 2, "dog": 2}, splits=("train", "val"))
+    shutil.copytree(root / "train", root / "Train")
+    with pytest.raises(TargetSetError, match=r"'Train' and 'train' differ only in case|'train' and 'Train'"):
+        load_target(root)
+
+
+def test_a_hidden_class_folder_is_skipped_with_a_note(tmp_path):
+    root = write_image_folder(tmp_path / "t", {"cat": 3, "dog": 3, ".NET": 2})
+    ts = load_target(root)
+    assert ts.class_names == ["cat", "dog"]
+    assert any(w.startswith(".NET: folder skipped (2 image(s))") for w in ts.warnings), ts.warnings
+    assert not any(str(tmp_path) in w for w in ts.warnings)  # the note names the folder, not the server path
+
+
+def test_a_zip_of_one_folder_with_a_csv_beside_its_images(tmp_path):
+    folder = tmp_path / "mydata"
+    for i, label in enumerate(["cat", "cat", "dog", "dog", "cat", "dog"]):
+        write_image(folder / f"{i}.png", seed=i)
+    (folder / "labels.csv").write_text("path,label\n" + "".join(
+        f"{i}.png,{label}\n" for i, label in enumerate(["cat", "cat", "dog", "dog", "cat", "dog"])))
+    ts = load_target(make_zip(folder, tmp_path / "mydata.zip", prefix="mydata"), extract_dir=tmp_path / "x")
+    assert ts.class_names == ["cat", "dog"] and len(ts.items) == 6 and not ts.warnings
+
+
+def test_images_the_csv_does_not_list_are_named_in_a_note(tmp_path):
+    folder = tmp_path / "d"
+    for i in range(6):
+        write_image(folder / f"{i}.png", seed=i)
+    (folder / "labels.csv").write_text("path,label\n0.png,cat\n1.png,cat\n2.png,dog\n3.png,dog\n")
+    ts = load_target(folder / "labels.csv")
+    assert len(ts.items) == 4
+    assert any(w.startswith("2 image(s) beside labels.csv are not listed in it") and "'4.png'" in w
+               for w in ts.warnings), ts.warnings
+
+
+def test_a_class_with_validation_images_only_is_flagged_not_called_one_shot(tmp_path):
+    root = write_image_folder(tmp_path / "t", {"cat": 3, "dog": 3}, splits=("train", "val"))
+    write_image(root / "val" / "bird" / "0.png")
+    ts = load_target(root)
+    assert "bird" in ts.class_names and [it.split for it in ts.items if ts.class_names[it.label] == "bird"] == ["val"]
+    assert any("no training image, only validation ones ('bird')" in w for w in ts.warnings), ts.warnings
+    assert not any("one labeled image" in w for w in ts.warnings)
+
+
+def test_a_relative_path_keeps_the_folders_in_item_ids(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "t", {"cat": 3, "dog": 3})
+    monkeypatch.chdir(tmp_path)
+    ts = load_target("t")
+    rels = [it.rel for it in ts.items]
+    assert len(set(rels)) == 6 and all(r.split("/")[0] == ts.class_names[it.label] for r, it in zip(rels, ts.items))

@@ -18,6 +18,7 @@ rescaled to 0..255 (not clipped).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from scd_core.config import settings
 from scd_core.errors import TargetSetError
@@ -54,11 +55,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale: rescale, never clip
         # 32-bit integers and floats carry no range: values within 0..1 (float), 0..255 or 0..65535 are
         # read as that range; anything else is stretched from its minimum to its maximum.
-        arr = np.asarray(img, dtype=np.float64)
+        # float32 and in place: a 64-megapixel 16-bit image costs about 0.3 GB here, not several float64 copies
+        arr = np.asarray(img, dtype=np.float32)
         if arr.ndim == 3:  # (H, W, 1) for some I;16 variants
             arr = arr[..., 0]
-        finite = arr[np.isfinite(arr)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        if mode == "F" and not np.isfinite(arr).all():
+            finite = arr[np.isfinite(arr)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            del finite
+        else:
+            lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         if mode.startswith("I;16"):  # the bit depth is known: the full 16-bit range maps onto 0..255
             scale, lo = 255.0 / 65535.0, 0.0
         elif mode == "F" and lo >= 0.0 and hi <= 1.0:
@@ -69,11 +77,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             scale, lo = 255.0 / 65535.0, 0.0
         else:
             scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        grey = np.nan_to_num((arr - lo) * scale, nan=0.0, posinf=255.0, neginf=0.0)
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+        grey = arr
+        grey -= np.float32(lo)
+        grey *= np.float32(scale)
+        np.nan_to_num(grey, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.rint(grey, out=grey)
+        np.clip(grey, 0, 255, out=grey)
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
     if mode in ("P", "PA", "LA", "La") or "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
+
+
+def _upright(rgb: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phone photos store pixels as the sensor saw them and a rotation tag), so
+    teachers and students see the image as the user does. A malformed tag leaves the pixels as stored."""
+    with contextlib.suppress(Exception):  # orientation is a courtesy: a broken EXIF block must not refuse the image
+        ImageOps.exif_transpose(rgb, in_place=True)
+    return rgb
 
 
 def _decode(fp: str | Path | IO[bytes], name: str) -> Image.Image:
@@ -92,7 +113,7 @@ def _decode(fp: str | Path | IO[bytes], name: str) -> Image.Image:
                     raise TargetSetError(f"{name}: image of {w}x{h} pixels exceeds the limit of {limit} pixels")
                 img.seek(0)
                 img.load()
-                return _to_rgb(img)
+                return _upright(_to_rgb(img))
     except TargetSetError:
         raise
     except Image.DecompressionBombError as exc:

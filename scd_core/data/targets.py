@@ -122,10 +122,11 @@ class _Record:
 
 
 def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form (the item's id: it must keep the folders)."""
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
-        return path.name
+        return path.resolve().relative_to(root.resolve()).as_posix()
 
 
 def _stratified_val(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
@@ -145,7 +146,7 @@ def _nfc(label: str | None) -> str | None:
 
 
 def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fraction: float,
-           seed: int, progress: ProgressFn | None = None) -> TargetSet:
+           seed: int, progress: ProgressFn | None = None, notes: Sequence[str] = ()) -> TargetSet:
     if not records:
         raise TargetSetError(f"{source}: no images found")
     records = [_Record(r.path, _nfc(r.label), r.split) for r in records]
@@ -171,11 +172,19 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
     if missing:  # a class seen only in test cannot be scored or learned
         detail = ", ".join(f"{c!r} ({assess[c]})" for c in missing[:5])
         raise TargetSetError(f"{source}: every class needs at least one labeled train/val image; none for: {detail}")
-    one_shot = [c for c in class_names if assess[c] == 1]
+    val_given = any(r.split == "val" for r in labeled)
+    trained = Counter(r.label for r in labeled if r.split in (None, "train"))
+    untrained = [c for c in class_names if trained[c] == 0] if val_given else []
+    one_shot = [c for c in class_names if assess[c] == 1 and c not in untrained]
     if len(one_shot) == len(class_names):
         raise TargetSetError(f"{source}: every class has a single labeled image, so none can be held out to "
                              "measure a student; label at least one more image in some class")
-    warnings = []
+    warnings = list(notes)
+    if untrained:  # the split was given: its validation images stay there, so the student never learns them
+        names = ", ".join(repr(c) for c in untrained[:5])
+        names += f" and {len(untrained) - 5} more" if len(untrained) > 5 else ""
+        warnings.append(f"{len(untrained)} class(es) with no training image, only validation ones ({names}): a "
+                        "student never learns them from labels; move some of their images to train.")
     if one_shot:  # a real few-shot case: keep the class, in train only (there is nothing to hold out)
         names = ", ".join(repr(c) for c in one_shot[:5])
         names += f" and {len(one_shot) - 5} more" if len(one_shot) > 5 else ""
@@ -185,7 +194,7 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
 
     split_given = any(r.split in ("train", "val") for r in labeled)
     splits = [r.split if r.label is not None else UNLABELED for r in records]
-    if not any(r.split == "val" for r in labeled):  # hold out a stratified validation part
+    if not val_given:  # hold out a stratified validation part
         pool = [i for i, r in enumerate(records) if r.label is not None and r.split in (None, "train")]
         labels = np.array([index[records[i].label] for i in pool])
         is_val = _stratified_val(labels, val_fraction, seed)
@@ -230,10 +239,21 @@ def _images_in(folder: Path, source: str) -> list[Path]:
     return files
 
 
-def _class_folders(folder: Path, split: str | None, source: str) -> list[_Record]:
+def _hidden_note(entry: Path, shown: str, notes: list[str]) -> None:
+    """A folder whose name starts with '.' is skipped (``.ipynb_checkpoints``, ``.git``); say so when it holds
+    images, so that a class named that way is not lost without a word."""
+    if entry.is_dir() and not entry.is_symlink():
+        count = sum(1 for p in entry.rglob("*") if p.is_file() and is_image_name(p.name))
+        if count:
+            notes.append(f"{shown}: folder skipped ({count} image(s)): names starting with '.' are hidden "
+                         "folders; rename it to use it as a class.")
+
+
+def _class_folders(folder: Path, split: str | None, source: str, notes: list[str]) -> list[_Record]:
     records: list[_Record] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
+            _hidden_note(entry, f"{folder.name}/{entry.name}", notes)
             continue
         if entry.is_file():
             raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
@@ -246,8 +266,17 @@ def _class_folders(folder: Path, split: str | None, source: str) -> list[_Record
     return records
 
 
-def _read_folder(root: Path, source: str) -> list[_Record]:
-    names = {p.name.lower(): p for p in root.iterdir() if not p.name.startswith(".")}
+def _read_folder(root: Path, source: str, notes: list[str]) -> list[_Record]:
+    """Records of a folder layout (split folders of class folders, or class folders); ``notes`` collects what
+    was skipped."""
+    names: dict[str, Path] = {}
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.name.lower() in names and p.name.lower() in (*SPLITS, UNLABELED):
+            raise TargetSetError(f"{p}: folders {names[p.name.lower()].name!r} and {p.name!r} differ only in "
+                                 "case; put their images in one folder")
+        names[p.name.lower()] = p
     records: list[_Record] = []
     if any(s in names and names[s].is_dir() for s in SPLITS):
         for entry in names.values():
@@ -256,18 +285,21 @@ def _read_folder(root: Path, source: str) -> list[_Record]:
                                      f"(expected {', '.join(SPLITS)} and {UNLABELED})")
         for split in SPLITS:
             if split in names:
-                records.extend(_class_folders(names[split], split, source))
+                records.extend(_class_folders(names[split], split, source, notes))
     else:
-        records.extend(_class_folders_except(root, source))
+        records.extend(_class_folders_except(root, source, notes))
     if UNLABELED in names and names[UNLABELED].is_dir():
         records.extend(_Record(p, None, None) for p in _images_in(names[UNLABELED], source))
     return records
 
 
-def _class_folders_except(root: Path, source: str) -> list[_Record]:
+def _class_folders_except(root: Path, source: str, notes: list[str]) -> list[_Record]:
     records: list[_Record] = []
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or entry.name.lower() == UNLABELED:
+        if entry.name.startswith("."):
+            _hidden_note(entry, entry.name, notes)
+            continue
+        if entry.name.lower() == UNLABELED:
             continue
         if entry.is_file():
             raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
@@ -316,6 +348,19 @@ def _read_csv(path: Path) -> list[_Record]:
     return records
 
 
+def _unlisted_note(csv_path: Path, records: list[_Record]) -> list[str]:
+    """A note naming the images under the CSV's folder that it does not list (they are left out)."""
+    listed = {r.path for r in records}
+    base = csv_path.parent.resolve()
+    unlisted = sorted(p for p in base.rglob("*") if p.is_file() and is_image_name(p.name) and p not in listed
+                      and not any(part.startswith(".") for part in p.relative_to(base).parts))
+    if not unlisted:
+        return []
+    return [f"{len(unlisted)} image(s) beside {csv_path.name} are not listed in it and were left out (e.g. "
+            f"{unlisted[0].relative_to(base).as_posix()!r}); list them with an empty label to use them as "
+            "unlabeled images."]
+
+
 def _csv_record(path: Path, line_no: int, row: dict, base: Path) -> _Record:
     # Cells beyond the header land under the key None (as a list): ignored.
     row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
@@ -344,10 +389,14 @@ def _csv_record(path: Path, line_no: int, row: dict, base: Path) -> _Record:
 
 
 def _is_data_folder(folder: Path) -> bool:
-    """A split folder, or a class folder (images directly inside): part of the data, not a wrapper."""
+    """A split folder, or a class folder (images directly inside): part of the data, not a wrapper. A folder
+    holding a CSV is the wrapper of a CSV layout, whatever else it holds."""
     if folder.name.lower() in (*SPLITS, UNLABELED):
         return True
-    return any(is_image_name(p.name) and p.is_file() for p in folder.iterdir())
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(p.suffix.lower() == ".csv" and not p.name.startswith(".") for p in files):
+        return False
+    return any(is_image_name(p.name) for p in files)
 
 
 def extraction_dir(archive: Path, extract_dir: Path | None = None) -> Path:
@@ -396,15 +445,21 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
     if path.is_file() and path.suffix.lower() == ".csv":
         records = _read_csv(path)
         return _build(records, path.parent.resolve(), path.stem, str(path), val_fraction=val_fraction, seed=seed,
-                      progress=progress)
+                      progress=progress, notes=_unlisted_note(path, records))
     if path.is_dir():
-        root = single_top_folder(path, keep=_is_data_folder)
+        # resolved: items are named by their path below the root, which a relative root would lose
+        root = single_top_folder(path.resolve(), keep=_is_data_folder)
         csvs = sorted(p for p in root.glob("*.csv") if not p.name.startswith("."))
         if len(csvs) > 1:
             raise TargetSetError(f"{root}: several CSV files ({', '.join(p.name for p in csvs)}); keep one")
-        records = _read_csv(csvs[0]) if csvs else _read_folder(root, str(path))
-        return _build(records, root.resolve(), path.name, str(path), val_fraction=val_fraction, seed=seed,
-                      progress=progress)
+        notes: list[str] = []
+        if csvs:
+            records = _read_csv(csvs[0])
+            notes = _unlisted_note(csvs[0], records)
+        else:
+            records = _read_folder(root, str(path), notes)
+        return _build(records, root, path.name or root.name, str(path), val_fraction=val_fraction, seed=seed,
+                      progress=progress, notes=notes)
     raise TargetSetError(f"{text}: expected a folder, a .zip, a .csv or demo:WORLD")
 
 

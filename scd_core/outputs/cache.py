@@ -22,7 +22,7 @@ from scd_core.fingerprint import combine, file_sha256
 from scd_core.outputs.streaming import TeacherOutputs
 from scd_core.runtime.workspace import cache_dir, evict_oldest
 
-CACHE_VERSION = "outputs-v1"
+CACHE_VERSION = "outputs-v2"  # v2: images are turned upright by their EXIF orientation
 _ARRAYS = ("labels", "joint", "hard_joint", "class_feature_sums", "features", "top_classes", "top_probs")
 STALE_TMP_S = 24 * 3600.0
 

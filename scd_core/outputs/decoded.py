@@ -35,7 +35,7 @@ from scd_core.data.targets import TargetItem
 from scd_core.fingerprint import combine, file_sha256, json_sha256
 from scd_core.outputs import cache
 
-STORE_VERSION = "decoded-v1"
+STORE_VERSION = "decoded-v2"  # v2: images are turned upright by their EXIF orientation
 __all__ = ["DecodedStore", "Geometry", "decoded_store", "split_transform"]
 
 
