@@ -58,6 +58,20 @@ def test_ignores_macos_metadata(tmp_path):
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == ["d/a/1.png"]
 
 
+def test_windows_desktop_ini_is_ignored_like_thumbs_db(tmp_path):
+    archive = _zip(tmp_path / "w.zip", {"d/a/1.png": _png_bytes(), "d/a/desktop.ini": b"[.ShellClassInfo]",
+                                        "d/Thumbs.db": b"junk"})
+    dest = safe_extract_zip(archive, tmp_path / "out")
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == ["d/a/1.png"]
+
+
+def test_a_name_too_long_for_the_file_system_says_so(tmp_path):
+    archive = _zip(tmp_path / "n.zip", {f"d/{'x' * 300}/1.png": _png_bytes(), "d/b/1.png": _png_bytes()})
+    with pytest.raises(TargetSetError, match="too long for the server's file system") as info:
+        safe_extract_zip(archive, tmp_path / "out", error=TargetSetError)
+    assert "corrupt" not in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["../evil.png", "a/../../evil.png", "a\\..\\..\\evil.png"])
 def test_path_traversal_refused(tmp_path, name):
     archive = _zip(tmp_path / "t.zip", {"a/ok.png": _png_bytes(), name: _png_bytes(1)})

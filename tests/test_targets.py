@@ -650,7 +650,7 @@ def test_a_hidden_class_folder_is_skipped_with_a_note(tmp_path):
 
 def test_a_zip_of_one_folder_with_a_csv_beside_its_images(tmp_path):
     folder = tmp_path / "mydata"
-    for i, label in enumerate(["cat", "cat", "dog", "dog", "cat", "dog"]):
+    for i in range(6):
         write_image(folder / f"{i}.png", seed=i)
     (folder / "labels.csv").write_text("path,label\n" + "".join(
         f"{i}.png,{label}\n" for i, label in enumerate(["cat", "cat", "dog", "dog", "cat", "dog"])))
@@ -684,3 +684,10 @@ def test_a_relative_path_keeps_the_folders_in_item_ids(tmp_path, monkeypatch):
     ts = load_target("t")
     rels = [it.rel for it in ts.items]
     assert len(set(rels)) == 6 and all(r.split("/")[0] == ts.class_names[it.label] for r, it in zip(rels, ts.items))
+
+
+def test_an_empty_target_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    write_image_folder(tmp_path, {"cat": 3, "dog": 3})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TargetSetError, match="no target set given"):
+        load_target("")

@@ -17,6 +17,7 @@ folders in the archive are kept (so that an empty class folder is reported, not 
 from __future__ import annotations
 
 import contextlib
+import errno
 import lzma
 import shutil
 import stat
@@ -33,7 +34,7 @@ from scd_core.progress import ProgressFn, emit
 
 ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz4",
                               ".lzma", ".tbz2", ".txz", ".cab", ".jar", ".war", ".iso"})
-_IGNORED_PARTS = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db"})
+_IGNORED_PARTS = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})  # written by file browsers
 # Leading bytes of archive formats; never the start of a supported image, JSON or text file.
 _ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00",
                   b"\x28\xb5\x2f\xfd", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
@@ -182,6 +183,9 @@ def safe_extract_zip(archive: str | Path, dest: str | Path, limits: ArchiveLimit
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, NotImplementedError,
                 RuntimeError) as exc:
             where = f" at entry {current}" if current else ""
+            if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # not corrupt: the name is too long
+                raise error(f"{archive.name}: a file or folder name{where} is too long for the server's file "
+                            "system (at most 255 bytes per name; shorten it)") from exc
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise error(f"{archive.name}: corrupt or unsupported archive{where} ({reason})") from exc
         finally:

@@ -420,6 +420,8 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
     fractions that only grow.
     """
     text = str(spec)
+    if not text.strip():  # Path("") is the current folder: never load that by accident
+        raise TargetSetError("no target set given (an empty path)")
     path = Path(text)
     if not path.exists():
         raise TargetSetError(f"{text}: no such file or folder")
