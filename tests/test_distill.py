@@ -210,3 +210,12 @@ def test_every_method_gets_the_same_number_of_steps(setup, tmp_path):
     scd = distill(target, repo.get("other"), _config("scd", epochs=1), run_dir=tmp_path / "scd")
     pool = len(target.split("train")) + len(target.split("unlabeled"))  # 15 + 12
     assert ce.timing["steps"] == scd.timing["steps"] == -(-pool // 8)
+
+
+def test_an_index_stream_over_nothing_is_refused_instead_of_waiting_forever():
+    from scd_core.distill.data import IndexStream
+
+    with pytest.raises(ValueError, match="at least one index"):
+        IndexStream(0, torch.Generator().manual_seed(0))
+    stream = IndexStream(3, torch.Generator().manual_seed(0), offset=10)
+    assert sorted(stream.take(3).tolist()) == [10, 11, 12] and stream.take(5).numel() == 5

@@ -130,6 +130,17 @@ def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
     assert px[2, 5, 2] > 150 and px[17, 5, 0] > 150  # rotated 90 degrees clockwise: blue on top, red below
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow says so while opening; the image still loads
+def test_a_sixteen_bit_image_is_turned_upright_too_and_a_corrupt_exif_block_is_ignored(tmp_path):
+    img = Image.fromarray(np.tile(np.linspace(0, 65535, 20), (10, 1)).astype(np.uint16))  # 20x10, 16-bit
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "grey16.png", exif=exif)
+    assert np.asarray(load_rgb(tmp_path / "grey16.png")).shape == (20, 10, 3)
+    Image.new("RGB", (20, 10)).save(tmp_path / "bad.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\xff\xff")
+    assert np.asarray(load_rgb(tmp_path / "bad.jpg")).shape == (10, 20, 3)
+
+
 def test_animated_gif_uses_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
     path = tmp_path / "anim.gif"
@@ -691,3 +702,20 @@ def test_an_empty_target_path_is_refused_not_read_as_the_current_folder(tmp_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TargetSetError, match="no target set given"):
         load_target("")
+
+
+def test_hidden_folders_inside_classes_and_beside_splits_are_left_out_with_a_note(tmp_path):
+    root = write_image_folder(tmp_path / "t", {"cat": 3, "dog": 3}, splits=("train", "val"))
+    write_image(root / "train" / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png")
+    (root / "train" / "cat" / ".ipynb_checkpoints" / "notes.json").write_text("{}")  # not refused: hidden
+    write_image(root / ".extra" / "x.png")
+    ts = load_target(root)
+    assert len(ts.items) == 12
+    assert any(w.startswith("train/cat: 1 image(s) in hidden folders") for w in ts.warnings), ts.warnings
+    assert any(w.startswith(".extra: folder skipped (1 image(s))") for w in ts.warnings), ts.warnings
+
+
+def test_a_split_with_no_training_image_at_all_is_refused(tmp_path):
+    root = write_image_folder(tmp_path / "t", {"cat": 1, "dog": 2}, splits=("val",))
+    with pytest.raises(TargetSetError, match="no training images"):
+        load_target(root)

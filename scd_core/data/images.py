@@ -18,7 +18,6 @@ rescaled to 0..255 (not clipped).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import struct
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from scd_core.config import settings
 from scd_core.errors import TargetSetError
@@ -89,12 +88,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _upright(rgb: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (phone photos store pixels as the sensor saw them and a rotation tag), so
-    teachers and students see the image as the user does. A malformed tag leaves the pixels as stored."""
-    with contextlib.suppress(Exception):  # orientation is a courtesy: a broken EXIF block must not refuse the image
-        ImageOps.exif_transpose(rgb, in_place=True)
-    return rgb
+# EXIF orientation -> the transpose that shows the image upright (EXIF 2.3, tag 0x0112; 1 is upright already)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of the decoded file (phone photos store the sensor's pixels and a rotation tag);
+    1 when there is none or the EXIF block is malformed (orientation is a courtesy: it never refuses an image)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; the user gets the pixels as stored
+            value = img.getexif().get(0x0112, 1)
+        return value if isinstance(value, int) else 1
+    except Exception:  # any parse failure means "no usable tag"
+        return 1
 
 
 def _decode(fp: str | Path | IO[bytes], name: str) -> Image.Image:
@@ -113,7 +122,9 @@ def _decode(fp: str | Path | IO[bytes], name: str) -> Image.Image:
                     raise TargetSetError(f"{name}: image of {w}x{h} pixels exceeds the limit of {limit} pixels")
                 img.seek(0)
                 img.load()
-                return _upright(_to_rgb(img))
+                rgb = _to_rgb(img)  # the 16-bit and float paths build a new image without the file's EXIF
+                turn = _UPRIGHT.get(_orientation(img))
+                return rgb.transpose(turn) if turn is not None else rgb
     except TargetSetError:
         raise
     except Image.DecompressionBombError as exc:

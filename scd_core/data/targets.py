@@ -174,9 +174,12 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
         raise TargetSetError(f"{source}: every class needs at least one labeled train/val image; none for: {detail}")
     val_given = any(r.split == "val" for r in labeled)
     trained = Counter(r.label for r in labeled if r.split in (None, "train"))
+    if not trained:
+        raise TargetSetError(f"{source}: no training images (every labeled image is in val or test); put some "
+                             "in train, or give no split to have a validation part held out")
     untrained = [c for c in class_names if trained[c] == 0] if val_given else []
     one_shot = [c for c in class_names if assess[c] == 1 and c not in untrained]
-    if len(one_shot) == len(class_names):
+    if all(assess[c] == 1 for c in class_names):
         raise TargetSetError(f"{source}: every class has a single labeled image, so none can be held out to "
                              "measure a student; label at least one more image in some class")
     warnings = list(notes)
@@ -231,8 +234,20 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
 # ----------------------------------------------------------------------------------------------
 
 
-def _images_in(folder: Path, source: str) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _images_in(folder: Path, source: str, notes: list[str], shown: str) -> list[Path]:
+    """The images below ``folder``; files and folders whose names start with '.' are left out (a note says
+    how many images that leaves out)."""
+    files, hidden = [], 0
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+            hidden += int(is_image_name(p.name) and not p.name.startswith("._"))
+            continue
+        files.append(p)
+    if hidden:
+        notes.append(f"{shown}: {hidden} image(s) in hidden folders or files (names starting with '.') were left "
+                     "out.")
     bad = [p for p in files if not is_image_name(p.name)]
     if bad:
         raise TargetSetError(f"{bad[0]}: unsupported file type (expected PNG, JPEG, BMP, GIF, WebP or TIFF)")
@@ -259,7 +274,7 @@ def _class_folders(folder: Path, split: str | None, source: str, notes: list[str
             raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
         if entry.is_symlink():
             raise TargetSetError(f"{entry}: symbolic links are not followed")
-        images = _images_in(entry, source)
+        images = _images_in(entry, source, notes, f"{folder.name}/{entry.name}")
         if not images:
             raise TargetSetError(f"{entry}: class folder {entry.name!r} holds no images")
         records.extend(_Record(p, entry.name, split) for p in images)
@@ -270,8 +285,10 @@ def _read_folder(root: Path, source: str, notes: list[str]) -> list[_Record]:
     """Records of a folder layout (split folders of class folders, or class folders); ``notes`` collects what
     was skipped."""
     names: dict[str, Path] = {}
+    hidden = []
     for p in sorted(root.iterdir()):
         if p.name.startswith("."):
+            hidden.append(p)
             continue
         if p.name.lower() in names and p.name.lower() in (*SPLITS, UNLABELED):
             raise TargetSetError(f"{p}: folders {names[p.name.lower()].name!r} and {p.name!r} differ only in "
@@ -283,13 +300,16 @@ def _read_folder(root: Path, source: str, notes: list[str]) -> list[_Record]:
             if entry.name.lower() not in (*SPLITS, UNLABELED):
                 raise TargetSetError(f"{entry}: unexpected entry beside split folders "
                                      f"(expected {', '.join(SPLITS)} and {UNLABELED})")
+        for entry in hidden:  # beside class folders, _class_folders_except says it
+            _hidden_note(entry, entry.name, notes)
         for split in SPLITS:
             if split in names:
                 records.extend(_class_folders(names[split], split, source, notes))
     else:
         records.extend(_class_folders_except(root, source, notes))
     if UNLABELED in names and names[UNLABELED].is_dir():
-        records.extend(_Record(p, None, None) for p in _images_in(names[UNLABELED], source))
+        records.extend(_Record(p, None, None) for p in _images_in(names[UNLABELED], source, notes,
+                                                                    names[UNLABELED].name))
     return records
 
 
@@ -303,7 +323,7 @@ def _class_folders_except(root: Path, source: str, notes: list[str]) -> list[_Re
             continue
         if entry.is_file():
             raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
-        images = _images_in(entry, source)
+        images = _images_in(entry, source, notes, entry.name)
         if not images:
             raise TargetSetError(f"{entry}: class folder {entry.name!r} holds no images")
         records.extend(_Record(p, entry.name, None) for p in images)

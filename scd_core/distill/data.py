@@ -113,6 +113,8 @@ class IndexStream:
     """Endless seeded permutations of range(n), shifted by ``offset``: every image once per cycle."""
 
     def __init__(self, n: int, generator: torch.Generator, offset: int = 0) -> None:
+        if n < 1:  # take() would wait forever for indices of nothing
+            raise ValueError("IndexStream needs at least one index to draw from")
         self.n, self.gen, self.offset = n, generator, offset
         self.buffer = torch.empty(0, dtype=torch.long)
 
