@@ -55,11 +55,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 32-bit integers and floats carry no range: values within 0..1 (float), 0..255 or 0..65535 are
         # read as that range; anything else is stretched from its minimum to its maximum.
         # float32 and in place: a 64-megapixel 16-bit image costs about 0.3 GB here, not several float64 copies
-        arr = np.asarray(img, dtype=np.float32)
+        arr = np.array(img, dtype=np.float32)  # our own copy: rescaled in place below
         if arr.ndim == 3:  # (H, W, 1) for some I;16 variants
             arr = arr[..., 0]
-        if not arr.flags.writeable:
-            arr = arr.copy()
         if mode == "F" and not np.isfinite(arr).all():
             finite = arr[np.isfinite(arr)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)

@@ -234,14 +234,19 @@ def _build(records: list[_Record], root: Path, name: str, source: str, *, val_fr
 # ----------------------------------------------------------------------------------------------
 
 
-def _images_in(folder: Path, source: str, notes: list[str], shown: str) -> list[Path]:
+def _is_hidden(path: Path, base: Path) -> bool:
+    """Whether a name on the way from ``base`` to ``path`` starts with '.' (``.ipynb_checkpoints``, ``.git``)."""
+    return any(part.startswith(".") for part in path.relative_to(base).parts)
+
+
+def _images_in(folder: Path, notes: list[str], shown: str) -> list[Path]:
     """The images below ``folder``; files and folders whose names start with '.' are left out (a note says
     how many images that leaves out)."""
     files, hidden = [], 0
     for p in sorted(folder.rglob("*")):
         if not p.is_file():
             continue
-        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+        if _is_hidden(p, folder):
             hidden += int(is_image_name(p.name) and not p.name.startswith("._"))
             continue
         files.append(p)
@@ -254,42 +259,42 @@ def _images_in(folder: Path, source: str, notes: list[str], shown: str) -> list[
     return files
 
 
-def _hidden_note(entry: Path, shown: str, notes: list[str]) -> None:
-    """A folder whose name starts with '.' is skipped (``.ipynb_checkpoints``, ``.git``); say so when it holds
-    images, so that a class named that way is not lost without a word."""
-    if entry.is_dir() and not entry.is_symlink():
-        count = sum(1 for p in entry.rglob("*") if p.is_file() and is_image_name(p.name))
-        if count:
-            notes.append(f"{shown}: folder skipped ({count} image(s)): names starting with '.' are hidden "
-                         "folders; rename it to use it as a class.")
-
-
-def _class_folders(folder: Path, split: str | None, source: str, notes: list[str]) -> list[_Record]:
-    records: list[_Record] = []
+def _visible_entries(folder: Path, prefix: str, notes: list[str]) -> list[Path]:
+    """The entries of ``folder`` in name order, without hidden ones; a hidden folder that holds images is
+    named in a note (``prefix`` + its name), so that a class named that way is not lost without a word."""
+    visible = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            _hidden_note(entry, f"{folder.name}/{entry.name}", notes)
-            continue
+        if not entry.name.startswith("."):
+            visible.append(entry)
+        elif entry.is_dir() and not entry.is_symlink():
+            count = sum(1 for p in entry.rglob("*") if p.is_file() and is_image_name(p.name))
+            if count:
+                notes.append(f"{prefix}{entry.name}: folder skipped ({count} image(s)): names starting with '.' "
+                             "are hidden folders; rename it to use it as a class.")
+    return visible
+
+
+def _class_records(entries: list[Path], split: str | None, prefix: str, notes: list[str]) -> list[_Record]:
+    """Records of class folders (``<class>/<images>``), labelled by folder name."""
+    records: list[_Record] = []
+    for entry in entries:
         if entry.is_file():
             raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
         if entry.is_symlink():
             raise TargetSetError(f"{entry}: symbolic links are not followed")
-        images = _images_in(entry, source, notes, f"{folder.name}/{entry.name}")
+        images = _images_in(entry, notes, prefix + entry.name)
         if not images:
             raise TargetSetError(f"{entry}: class folder {entry.name!r} holds no images")
         records.extend(_Record(p, entry.name, split) for p in images)
     return records
 
 
-def _read_folder(root: Path, source: str, notes: list[str]) -> list[_Record]:
+def _read_folder(root: Path, notes: list[str]) -> list[_Record]:
     """Records of a folder layout (split folders of class folders, or class folders); ``notes`` collects what
     was skipped."""
+    entries = _visible_entries(root, "", notes)
     names: dict[str, Path] = {}
-    hidden = []
-    for p in sorted(root.iterdir()):
-        if p.name.startswith("."):
-            hidden.append(p)
-            continue
+    for p in entries:
         if p.name.lower() in names and p.name.lower() in (*SPLITS, UNLABELED):
             raise TargetSetError(f"{p}: folders {names[p.name.lower()].name!r} and {p.name!r} differ only in "
                                  "case; put their images in one folder")
@@ -300,33 +305,16 @@ def _read_folder(root: Path, source: str, notes: list[str]) -> list[_Record]:
             if entry.name.lower() not in (*SPLITS, UNLABELED):
                 raise TargetSetError(f"{entry}: unexpected entry beside split folders "
                                      f"(expected {', '.join(SPLITS)} and {UNLABELED})")
-        for entry in hidden:  # beside class folders, _class_folders_except says it
-            _hidden_note(entry, entry.name, notes)
         for split in SPLITS:
             if split in names:
-                records.extend(_class_folders(names[split], split, source, notes))
+                folder = names[split]
+                records.extend(_class_records(_visible_entries(folder, f"{folder.name}/", notes), split,
+                                              f"{folder.name}/", notes))
     else:
-        records.extend(_class_folders_except(root, source, notes))
+        records.extend(_class_records([e for e in entries if e.name.lower() != UNLABELED], None, "", notes))
     if UNLABELED in names and names[UNLABELED].is_dir():
-        records.extend(_Record(p, None, None) for p in _images_in(names[UNLABELED], source, notes,
-                                                                    names[UNLABELED].name))
-    return records
-
-
-def _class_folders_except(root: Path, source: str, notes: list[str]) -> list[_Record]:
-    records: list[_Record] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            _hidden_note(entry, entry.name, notes)
-            continue
-        if entry.name.lower() == UNLABELED:
-            continue
-        if entry.is_file():
-            raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
-        images = _images_in(entry, source, notes, entry.name)
-        if not images:
-            raise TargetSetError(f"{entry}: class folder {entry.name!r} holds no images")
-        records.extend(_Record(p, entry.name, None) for p in images)
+        unlabeled = names[UNLABELED]
+        records.extend(_Record(p, None, None) for p in _images_in(unlabeled, notes, unlabeled.name))
     return records
 
 
@@ -373,7 +361,7 @@ def _unlisted_note(csv_path: Path, records: list[_Record]) -> list[str]:
     listed = {r.path for r in records}
     base = csv_path.parent.resolve()
     unlisted = sorted(p for p in base.rglob("*") if p.is_file() and is_image_name(p.name) and p not in listed
-                      and not any(part.startswith(".") for part in p.relative_to(base).parts))
+                      and not _is_hidden(p, base))
     if not unlisted:
         return []
     return [f"{len(unlisted)} image(s) beside {csv_path.name} are not listed in it and were left out (e.g. "
@@ -479,7 +467,7 @@ def load_target(spec: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
             records = _read_csv(csvs[0])
             notes = _unlisted_note(csvs[0], records)
         else:
-            records = _read_folder(root, str(path), notes)
+            records = _read_folder(root, notes)
         return _build(records, root, path.name or root.name, str(path), val_fraction=val_fraction, seed=seed,
                       progress=progress, notes=notes)
     raise TargetSetError(f"{text}: expected a folder, a .zip, a .csv or demo:WORLD")
