@@ -274,13 +274,15 @@ def _visible_entries(folder: Path, prefix: str, notes: list[str]) -> list[Path]:
     return visible
 
 
-def _class_records(entries: list[Path], split: str | None, prefix: str, notes: list[str]) -> list[_Record]:
-    """Records of class folders (``<class>/<images>``), labelled by folder name."""
+def _class_records(entries: list[Path], split: str | None, prefix: str, notes: list[str],
+                   refuse_links: bool) -> list[_Record]:
+    """Records of class folders (``<class>/<images>``), labelled by folder name. A linked class folder at the
+    top is left to :func:`_build`, which refuses links that lead out of the target set."""
     records: list[_Record] = []
     for entry in entries:
         if entry.is_file():
             raise TargetSetError(f"{entry}: file outside a class folder (expected <class>/<image>)")
-        if entry.is_symlink():
+        if refuse_links and entry.is_symlink():
             raise TargetSetError(f"{entry}: symbolic links are not followed")
         images = _images_in(entry, notes, prefix + entry.name)
         if not images:
@@ -309,9 +311,10 @@ def _read_folder(root: Path, notes: list[str]) -> list[_Record]:
             if split in names:
                 folder = names[split]
                 records.extend(_class_records(_visible_entries(folder, f"{folder.name}/", notes), split,
-                                              f"{folder.name}/", notes))
+                                              f"{folder.name}/", notes, refuse_links=True))
     else:
-        records.extend(_class_records([e for e in entries if e.name.lower() != UNLABELED], None, "", notes))
+        records.extend(_class_records([e for e in entries if e.name.lower() != UNLABELED], None, "", notes,
+                                      refuse_links=False))
     if UNLABELED in names and names[UNLABELED].is_dir():
         unlabeled = names[UNLABELED]
         records.extend(_Record(p, None, None) for p in _images_in(unlabeled, notes, unlabeled.name))
